@@ -1,0 +1,53 @@
+"""Execute one chapter notebook with papermill at a profile: ``python -m reliable_saliency.run_chapter``.
+
+    python -m reliable_saliency.run_chapter notebooks/00_data_and_models.ipynb book/chapters \\
+        --profile book -p eval_images 200 -p device cuda
+
+The output notebook is written only when the run succeeds (atomically), so a failed run never
+leaves a half-executed chapter in the book.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+import time
+from pathlib import Path
+
+from .experiment import PROFILES, atomic_write
+
+
+def _literal(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("notebook", type=Path, help="paired notebook, e.g. notebooks/00_data_and_models.ipynb")
+    parser.add_argument("output_dir", type=Path, help="where the executed notebook goes, e.g. book/chapters")
+    parser.add_argument("--profile", default="smoke", choices=sorted(PROFILES))
+    parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                        help="override a chapter parameter (value parsed as a Python literal)")
+    args = parser.parse_args(argv)
+    if not args.notebook.exists():
+        parser.error(f"{args.notebook} does not exist (run `make notebooks` to create the paired .ipynb)")
+    import papermill
+
+    parameters = {"profile": args.profile, **{name: _literal(value) for name, value in args.parameter}}
+    output = args.output_dir / args.notebook.name
+    started = time.perf_counter()
+    print(f"executing {args.notebook} -> {output} with {parameters}", flush=True)
+    atomic_write(output, lambda tmp: papermill.execute_notebook(
+        str(args.notebook), str(tmp), parameters=parameters, cwd=str(args.notebook.parent),
+        progress_bar=False, report_mode=False,
+    ))
+    print(f"{args.notebook.name}: {time.perf_counter() - started:.1f} s at profile {args.profile}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

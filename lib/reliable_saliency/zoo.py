@@ -1,0 +1,199 @@
+"""A zoo of named model recipes that train on first use and cache their checkpoints.
+
+A recipe = architecture + dataset + training settings per profile. ``load_model(name, profile)``
+returns the trained model, training it if no valid checkpoint exists. Checkpoints live under
+``experiment.cache_dir("zoo")`` with a JSON sidecar holding their sha256, the recipe, the data
+source and the training history; they are written atomically, loaded with ``weights_only=True``
+and verified. Interrupted training resumes from the last finished epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import data as datasets
+from . import models
+from .experiment import atomic_write, cache_dir, resolve_profile
+from .training import TrainConfig, evaluate, train
+
+__all__ = ["Recipe", "RECIPES", "load_model", "checkpoint_path", "CorruptCheckpointError"]
+
+
+class CorruptCheckpointError(RuntimeError):
+    """A cached checkpoint does not match its recorded sha256 or cannot be read."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to make one model. ``epochs`` and ``train_images`` map a profile name to a size
+    (``train_images`` None = the whole training split)."""
+
+    architecture: str
+    dataset: str
+    epochs: dict
+    train_images: dict
+    description: str
+    adversary: str | None = None
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    lr_drop_fraction: float | None = 0.8  # x0.1 at this fraction of the epochs
+    softplus_beta: float | None = None
+    eps: float = 8 / 255
+    pgd_steps: int = 7
+    pgd_alpha: float = 2 / 255
+    seed: int = 0
+
+    def train_config(self, profile: str) -> TrainConfig:
+        epochs = self.epochs[profile]
+        drops = ()
+        if self.lr_drop_fraction is not None and round(self.lr_drop_fraction * epochs) < epochs:
+            drops = (round(self.lr_drop_fraction * epochs),)
+        return TrainConfig(
+            epochs=epochs, lr=self.lr, optimizer=self.optimizer, weight_decay=self.weight_decay,
+            lr_drop_epochs=drops, adversary=self.adversary, eps=self.eps, pgd_steps=self.pgd_steps,
+            pgd_alpha=self.pgd_alpha, seed=self.seed,
+        )
+
+
+_SIZES = dict(
+    epochs={"smoke": 1, "book": 6, "paper": 30},
+    train_images={"smoke": 4096, "book": None, "paper": None},
+)
+RECIPES: dict[str, Recipe] = {
+    "lenet_natural": Recipe(
+        "lenet", "cifar10", **_SIZES,
+        description="paper E's LeNet (ReLU), cross-entropy, Adam 1e-3, crop+flip",
+    ),
+    "lenet_fgsm": Recipe(
+        "lenet", "cifar10", adversary="fgsm_rs",
+        epochs={"smoke": 1, "book": 5, "paper": 30}, train_images=_SIZES["train_images"],
+        description="paper E's LeNet (ReLU), FGSM adversarial training with random start "
+                    "(Wong et al. 2020), eps 8/255, step 10/255",
+    ),
+    "lenet_pgd": Recipe(
+        "lenet", "cifar10", adversary="pgd",
+        epochs={"smoke": 1, "book": 3, "paper": 30},
+        train_images={"smoke": 512, "book": 25000, "paper": None},
+        description="paper E's LeNet (ReLU), PGD-7 adversarial training, eps 8/255, step 2/255",
+    ),
+    "lenet_softplus3": Recipe(
+        "lenet", "cifar10", softplus_beta=3.0, **_SIZES,
+        description="paper E's LeNet with Softplus(beta=3), cross-entropy, Adam 1e-3, crop+flip",
+    ),
+    "resnet18_natural": Recipe(
+        "resnet18", "cifar10", optimizer="adamw", weight_decay=1e-2,
+        epochs={"smoke": 1, "book": 4, "paper": 200},
+        train_images={"smoke": 512, "book": None, "paper": None},
+        description="CIFAR ResNet-18, cross-entropy, AdamW 1e-3 wd 1e-2, crop+flip (meant for a GPU)",
+    ),
+    "mnist_cnn_natural": Recipe(
+        "mnist_cnn", "mnist", epochs={"smoke": 1, "book": 3, "paper": 10},
+        train_images={"smoke": 2048, "book": None, "paper": None},
+        description="small MNIST CNN, cross-entropy, Adam 1e-3 (needs the MNIST training images)",
+    ),
+}
+
+
+def _train_set(recipe: Recipe, profile: str) -> datasets.ImageSet:
+    if recipe.dataset == "cifar10":
+        full = datasets.load_cifar10("train")
+    elif recipe.dataset == "mnist":
+        full = datasets.load_mnist("train")
+    else:
+        raise ValueError(f"recipe dataset {recipe.dataset!r} is not supported")
+    n = recipe.train_images[profile]
+    return full if n is None else full.sample(n, seed=recipe.seed)
+
+
+def _recipe_or_raise(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise KeyError(f"unknown zoo recipe {name!r}; choose one of {sorted(RECIPES)}")
+    return RECIPES[name]
+
+
+def checkpoint_path(name: str, profile: str, data_source: str) -> Path:
+    """Where the checkpoint of recipe ``name`` at ``profile`` trained on ``data_source`` lives."""
+    recipe = _recipe_or_raise(name)
+    resolve_profile(profile)
+    settings = {k: v for k, v in dataclasses.asdict(recipe).items() if k != "description"}
+    settings.update(epochs=recipe.epochs[profile], train_images=recipe.train_images[profile])
+    key = json.dumps({"settings": settings, "profile": profile, "data": data_source}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:10]
+    return cache_dir("zoo") / f"{name}-{profile}-{digest}.pt"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _build(recipe: Recipe) -> nn.Module:
+    return models.build(recipe.architecture, softplus_beta=recipe.softplus_beta)
+
+
+def _load_verified(path: Path, recipe: Recipe) -> tuple[nn.Module, dict]:
+    meta_path = path.with_suffix(".json")
+    fix = f"Delete {path} or call load_model(..., retrain=True) to train it again."
+    if not meta_path.exists():
+        raise CorruptCheckpointError(f"checkpoint {path} has no sidecar {meta_path.name} with its sha256. {fix}")
+    meta = json.loads(meta_path.read_text())
+    if _sha256(path) != meta.get("sha256"):
+        raise CorruptCheckpointError(f"checkpoint {path} does not match its recorded sha256 (damaged or edited). {fix}")
+    model = _build(recipe)
+    try:
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as error:
+        raise CorruptCheckpointError(f"checkpoint {path} could not be loaded ({error}). {fix}") from error
+    return model, meta
+
+
+def load_model(
+    name: str,
+    profile: str = "smoke",
+    *,
+    device: torch.device | str = "cpu",
+    retrain: bool = False,
+    progress: bool = True,
+) -> nn.Module:
+    """The trained model of recipe ``name`` at ``profile`` (eval mode, on ``device``).
+
+    Trains and caches it on first use. ``model.zoo_info`` holds the sidecar metadata (sha256,
+    data source, training history and seconds, clean test accuracy).
+    """
+    recipe = _recipe_or_raise(name)
+    train_set = _train_set(recipe, profile)
+    path = checkpoint_path(name, profile, train_set.source)
+    if path.exists() and not retrain:
+        model, meta = _load_verified(path, recipe)
+    else:
+        torch.manual_seed(recipe.seed)  # reproducible initialisation
+        model = _build(recipe)
+        config = recipe.train_config(profile)
+        state_path = path.with_suffix(".partial.pt")
+        if retrain:
+            state_path.unlink(missing_ok=True)
+        started = time.perf_counter()
+        result = train(model, train_set, config, device=device, state_path=state_path, progress=progress)
+        model.cpu()
+        test_set = datasets.load_cifar10("test") if recipe.dataset == "cifar10" else datasets.load_mnist("test")
+        atomic_write(path, lambda tmp: torch.save(model.state_dict(), tmp))
+        meta = {
+            "recipe": name, "profile": profile, "description": recipe.description,
+            "settings": dataclasses.asdict(recipe), "data_source": train_set.source,
+            "train_images": len(train_set), "history": result.history,
+            "train_seconds": time.perf_counter() - started, "resumed_from_epoch": result.resumed_from_epoch,
+            "test_accuracy": evaluate(model, test_set), "test_source": test_set.source,
+            "torch": torch.__version__, "sha256": _sha256(path),
+        }
+        atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(meta, indent=1)))
+        state_path.unlink(missing_ok=True)
+    model.zoo_info = meta
+    return model.to(device).eval()

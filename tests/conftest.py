@@ -1,0 +1,60 @@
+"""Shared fixtures: seeded generators, the offline data root, an isolated cache, tiny datasets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED_DATA = Path(os.environ.get("RELIABLE_SALIENCY_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture
+def rng() -> torch.Generator:
+    """A seeded CPU generator, fresh for every test."""
+    return torch.Generator().manual_seed(1234)
+
+
+@pytest.fixture
+def shared_data(monkeypatch) -> Path:
+    """Point the library at the offline data in ../shared/data (skip if it is not there)."""
+    if not (SHARED_DATA / "cifar10-jpeg").is_dir():
+        pytest.skip(f"offline data not found at {SHARED_DATA}")
+    monkeypatch.setenv("RELIABLE_SALIENCY_DATA", str(SHARED_DATA.resolve()))
+    return SHARED_DATA
+
+
+@pytest.fixture
+def isolated_cache(tmp_path, monkeypatch) -> Path:
+    """A private cache directory, so tests never read or write the user's checkpoints."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("RELIABLE_SALIENCY_CACHE", str(cache))
+    return cache
+
+
+def write_jpeg_folder(root: Path, classes, per_class: int, size: int = 32, seed: int = 0) -> None:
+    """An ImageFolder of random JPEGs: root/<class>/<index>.jpg."""
+    import torchvision.io as io
+
+    generator = torch.Generator().manual_seed(seed)
+    for name in classes:
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            image = torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=generator)
+            io.write_jpeg(image, str(root / name / f"{i:04d}.jpg"), quality=90)
+
+
+@pytest.fixture
+def tiny_cifar_root(tmp_path, monkeypatch) -> Path:
+    """A data root holding a tiny CIFAR-10-shaped JPEG copy (4 train, 2 test images per class)."""
+    from reliable_saliency.data import CIFAR10_CLASSES
+
+    root = tmp_path / "data"
+    write_jpeg_folder(root / "cifar10-jpeg" / "train", CIFAR10_CLASSES, 4, seed=0)
+    write_jpeg_folder(root / "cifar10-jpeg" / "test", CIFAR10_CLASSES, 2, seed=1)
+    monkeypatch.setenv("RELIABLE_SALIENCY_DATA", str(root))
+    return root
