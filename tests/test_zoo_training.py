@@ -23,7 +23,7 @@ def _same_state(a: nn.Module, b: nn.Module) -> bool:
 
 def test_recipe_trains_saves_and_reloads_bit_identically(tiny_recipe):
     first = zoo.load_model(tiny_recipe, "smoke", progress=False)
-    path = zoo.checkpoint_path(tiny_recipe, "smoke", first.zoo_info["data_source"])
+    path = zoo.checkpoint_path(tiny_recipe, "smoke")
     assert path.exists() and path.with_suffix(".json").exists()
     assert not path.with_suffix(".partial.pt").exists()
     assert first.zoo_info["train_images"] == 32 and len(first.zoo_info["history"]) == 1
@@ -34,7 +34,7 @@ def test_recipe_trains_saves_and_reloads_bit_identically(tiny_recipe):
 
 def test_corrupted_checkpoint_is_refused_then_retrained(tiny_recipe):
     model = zoo.load_model(tiny_recipe, "smoke", progress=False)
-    path = zoo.checkpoint_path(tiny_recipe, "smoke", model.zoo_info["data_source"])
+    path = zoo.checkpoint_path(tiny_recipe, "smoke")
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     path.write_bytes(bytes(raw))
@@ -113,7 +113,7 @@ def test_bad_names_give_clear_errors():
     with pytest.raises(KeyError, match="unknown zoo recipe 'lenet_x'.*lenet_natural"):
         zoo.load_model("lenet_x")
     with pytest.raises(ValueError, match="unknown profile 'fast'"):
-        zoo.checkpoint_path("lenet_natural", "fast", "x")
+        zoo.checkpoint_path("lenet_natural", "fast")
     with pytest.raises(KeyError, match="unknown architecture"):
         models.build("vgg")
     with pytest.raises(ValueError, match="adversary"):

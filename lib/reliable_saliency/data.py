@@ -27,6 +27,7 @@ __all__ = [
     "ImageSet",
     "data_root",
     "load_dataset",
+    "locate",
     "load_cifar10",
     "load_cifar10_lossless",
     "load_mnist",
@@ -170,6 +171,34 @@ def _resize_center_crop(img: Tensor, size: int) -> Tensor:
 
 
 # ----------------------------------------------------------------------------------------- CIFAR-10
+def locate(dataset: str, split: str) -> tuple[str, Path]:
+    """Where ``dataset`` ("cifar10" or "mnist") ``split`` would be read from, without reading it:
+    ``("official", folder)`` or ``("offline-jpeg", folder)`` (CIFAR-10 only). Raises if neither exists."""
+    if split not in ("train", "test"):
+        raise ValueError(f"{dataset} split must be 'train' or 'test', got {split!r}")
+    root = data_root()
+    if dataset == "cifar10":
+        official, jpeg = root / "cifar-10-batches-py", root / "cifar10-jpeg" / split
+        if official.is_dir():
+            return "official", official
+        if jpeg.is_dir():
+            return "offline-jpeg", jpeg
+        raise _not_found(
+            "CIFAR-10", root, ["cifar-10-batches-py/ (official python batches)", f"cifar10-jpeg/{split}/<class>/*.jpg"],
+            "Pass download=True (needs internet) or point the variable at a folder with the offline copy.",
+        )
+    if dataset == "mnist":
+        prefix = "train" if split == "train" else "t10k"
+        for folder in (root / "mnist", root / "MNIST" / "raw"):
+            if all((folder / f"{prefix}-{kind}-idx{d}-ubyte.gz").exists() for kind, d in (("images", 3), ("labels", 1))):
+                return "official", folder
+        raise _not_found(
+            f"MNIST {split}", root, [f"mnist/{prefix}-images-idx3-ubyte.gz", f"MNIST/raw/{prefix}-images-idx3-ubyte.gz"],
+            "Pass download=True (needs internet). The offline data holds only the MNIST test images.",
+        )
+    raise KeyError(f"locate knows 'cifar10' and 'mnist', not {dataset!r}")
+
+
 def load_cifar10(split: str = "test", download: bool = False) -> ImageSet:
     """CIFAR-10 ``train`` (50,000) or ``test`` (10,000).
 
@@ -177,33 +206,30 @@ def load_cifar10(split: str = "test", download: bool = False) -> ImageSet:
     offline, the JPEG ImageFolder copy ``<root>/cifar10-jpeg/<split>`` (not bit-identical: JPEG
     quality about 75) is used, and the ``source`` says so.
     """
-    if split not in ("train", "test"):
-        raise ValueError(f"CIFAR-10 split must be 'train' or 'test', got {split!r}")
     root = data_root()
-    official = root / "cifar-10-batches-py"
-    if official.is_dir() or download:
+    if download and not (root / "cifar-10-batches-py").is_dir():
         import torchvision
 
-        dataset = torchvision.datasets.CIFAR10(str(root), train=split == "train", download=download)
+        torchvision.datasets.CIFAR10(str(root), train=split == "train", download=True)
+    kind, folder = locate("cifar10", split)
+    if kind == "official":
+        import torchvision
+
+        dataset = torchvision.datasets.CIFAR10(str(root), train=split == "train", download=False)
         images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
         labels = torch.tensor(dataset.targets, dtype=torch.long)
-        return ImageSet(images, labels, CIFAR10_CLASSES, f"official CIFAR-10 {split} ({official})", inputs.CIFAR10)
-    jpeg = root / "cifar10-jpeg" / split
-    if jpeg.is_dir():
-        def build():
-            images, labels, classes, _ = load_image_folder(jpeg)
-            if classes != CIFAR10_CLASSES:
-                raise ValueError(f"{jpeg} has class folders {classes}, expected {CIFAR10_CLASSES}")
-            return {"images": images, "labels": labels}
+        return ImageSet(images, labels, CIFAR10_CLASSES, f"official CIFAR-10 {split} ({folder})", inputs.CIFAR10)
 
-        count = sum(1 for _ in jpeg.rglob("*.jpg"))
-        data = _cached(f"cifar10-jpeg-{split}-{count}", build)
-        source = f"offline CIFAR-10 JPEG copy {split} ({jpeg}; JPEG quality ~75, not bit-identical)"
-        return ImageSet(data["images"], data["labels"], CIFAR10_CLASSES, source, inputs.CIFAR10)
-    raise _not_found(
-        "CIFAR-10", root, ["cifar-10-batches-py/ (official python batches)", f"cifar10-jpeg/{split}/<class>/*.jpg"],
-        "Pass download=True (needs internet) or point the variable at a folder with the offline copy.",
-    )
+    def build():
+        images, labels, classes, _ = load_image_folder(folder)
+        if classes != CIFAR10_CLASSES:
+            raise ValueError(f"{folder} has class folders {classes}, expected {CIFAR10_CLASSES}")
+        return {"images": images, "labels": labels}
+
+    count = sum(1 for _ in folder.rglob("*.jpg"))
+    data = _cached(f"cifar10-jpeg-{split}-{count}", build)
+    source = f"offline CIFAR-10 JPEG copy {split} ({folder}; JPEG quality ~75, not bit-identical)"
+    return ImageSet(data["images"], data["labels"], CIFAR10_CLASSES, source, inputs.CIFAR10)
 
 
 def load_cifar10_lossless() -> ImageSet:
@@ -232,25 +258,16 @@ def _read_idx(path: Path) -> np.ndarray:
 def load_mnist(split: str = "test", download: bool = False) -> ImageSet:
     """MNIST as (N, 1, 28, 28) uint8 from the official IDX files (``<root>/mnist/`` or torchvision's
     ``<root>/MNIST/raw/``). Offline only the test images exist; ``download=True`` fetches both."""
-    if split not in ("train", "test"):
-        raise ValueError(f"MNIST split must be 'train' or 'test', got {split!r}")
-    prefix = "train" if split == "train" else "t10k"
-    root = data_root()
     if download:
         import torchvision
 
-        torchvision.datasets.MNIST(str(root), train=split == "train", download=True)
-    for folder in (root / "mnist", root / "MNIST" / "raw"):
-        images, labels = folder / f"{prefix}-images-idx3-ubyte.gz", folder / f"{prefix}-labels-idx1-ubyte.gz"
-        if images.exists() and labels.exists():
-            x = torch.from_numpy(_read_idx(images).copy())[:, None]
-            y = torch.from_numpy(_read_idx(labels).astype(np.int64))
-            classes = tuple(str(i) for i in range(10))
-            return ImageSet(x, y, classes, f"official MNIST {split} ({folder})", inputs.MNIST)
-    raise _not_found(
-        f"MNIST {split}", root, [f"mnist/{prefix}-images-idx3-ubyte.gz", f"MNIST/raw/{prefix}-images-idx3-ubyte.gz"],
-        "Pass download=True (needs internet). The offline data holds only the MNIST test images.",
-    )
+        torchvision.datasets.MNIST(str(data_root()), train=split == "train", download=True)
+    _, folder = locate("mnist", split)
+    prefix = "train" if split == "train" else "t10k"
+    x = torch.from_numpy(_read_idx(folder / f"{prefix}-images-idx3-ubyte.gz").copy())[:, None]
+    y = torch.from_numpy(_read_idx(folder / f"{prefix}-labels-idx1-ubyte.gz").astype(np.int64))
+    classes = tuple(str(i) for i in range(10))
+    return ImageSet(x, y, classes, f"official MNIST {split} ({folder})", inputs.MNIST)
 
 
 # ---------------------------------------------------------------------------------------- ImageNet

@@ -120,13 +120,16 @@ def _recipe_or_raise(name: str) -> Recipe:
     return RECIPES[name]
 
 
-def checkpoint_path(name: str, profile: str, data_source: str) -> Path:
-    """Where the checkpoint of recipe ``name`` at ``profile`` trained on ``data_source`` lives."""
+def checkpoint_path(name: str, profile: str) -> Path:
+    """Where the checkpoint of recipe ``name`` at ``profile`` lives. The name hashes the training
+    settings and the kind of training data (official files or the offline JPEG copy), not where
+    the data sit, so a checkpoint stays valid when the data root moves."""
     recipe = _recipe_or_raise(name)
     resolve_profile(profile)
+    data_kind, _ = datasets.locate(recipe.dataset, "train")
     settings = {k: v for k, v in dataclasses.asdict(recipe).items() if k != "description"}
     settings.update(epochs=recipe.epochs[profile], train_images=recipe.train_images[profile])
-    key = json.dumps({"settings": settings, "profile": profile, "data": data_source}, sort_keys=True)
+    key = json.dumps({"settings": settings, "profile": profile, "data": data_kind}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:10]
     return cache_dir("zoo") / f"{name}-{profile}-{digest}.pt"
 
@@ -169,11 +172,11 @@ def load_model(
     data source, training history and seconds, clean test accuracy).
     """
     recipe = _recipe_or_raise(name)
-    train_set = _train_set(recipe, profile)
-    path = checkpoint_path(name, profile, train_set.source)
+    path = checkpoint_path(name, profile)
     if path.exists() and not retrain:
         model, meta = _load_verified(path, recipe)
     else:
+        train_set = _train_set(recipe, profile)
         torch.manual_seed(recipe.seed)  # reproducible initialisation
         model = _build(recipe)
         config = recipe.train_config(profile)
