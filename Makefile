@@ -9,6 +9,8 @@ PROFILE ?= book
 SOURCES := $(sort $(wildcard notebooks/*.py))
 NOTEBOOKS := $(SOURCES:.py=.ipynb)
 SMOKE_DIR := _build/smoke
+# The book's own trained models (sha256-verified by the zoo), so `make book` need not retrain them.
+export RELIABLE_SALIENCY_CHECKPOINTS ?= $(CURDIR)/book/checkpoints
 
 .PHONY: env book chapters chapter test unit nbval smoke-book notebooks lock clean
 
@@ -63,3 +65,9 @@ lock: env
 
 clean:
 	rm -rf _build
+
+# Time our explainers and metrics against captum and Quantus (see benchmarks/README.md).
+# Extra options: make bench BENCH_ARGS="--device cuda --images 256 --out benchmarks/results/NAME.json"
+.PHONY: bench
+bench: env
+	$(BIN)/python -m benchmarks.compare_peers $(BENCH_ARGS)

@@ -147,3 +147,15 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
     with pytest.raises(RuntimeError):
         experiment.atomic_write(target, failing)
     assert not target.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_checkpoint_from_a_shipped_folder_is_used_in_place(tiny_recipe, tmp_path, monkeypatch):
+    model = zoo.load_model(tiny_recipe, "smoke", progress=False)
+    path = zoo.checkpoint_path(tiny_recipe, "smoke")
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    for file in (path, path.with_suffix(".json")):
+        file.rename(shipped / file.name)
+    monkeypatch.setenv(zoo.CHECKPOINTS_ENV, str(shipped))
+    again = zoo.load_model(tiny_recipe, "smoke", progress=False)
+    assert _same_state(model, again) and not path.exists()  # verified and loaded, not retrained

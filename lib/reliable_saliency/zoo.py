@@ -5,6 +5,10 @@ returns the trained model, training it if no valid checkpoint exists. Checkpoint
 ``experiment.cache_dir("zoo")`` with a JSON sidecar holding their sha256, the recipe, the data
 source and the training history; they are written atomically, loaded with ``weights_only=True``
 and verified. Interrupted training resumes from the last finished epoch.
+
+Read-only folders of ready checkpoints (same file names, with their sidecars) can be listed in
+``$RELIABLE_SALIENCY_CHECKPOINTS`` (separated by ``:``); the book ships its own models in
+``book/checkpoints`` and the Makefile points the variable there.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +29,9 @@ from . import models
 from .experiment import atomic_write, cache_dir, resolve_profile
 from .training import TrainConfig, evaluate, train
 
-__all__ = ["Recipe", "RECIPES", "load_model", "checkpoint_path", "CorruptCheckpointError"]
+__all__ = ["Recipe", "RECIPES", "load_model", "checkpoint_path", "CorruptCheckpointError", "CHECKPOINTS_ENV"]
+
+CHECKPOINTS_ENV = "RELIABLE_SALIENCY_CHECKPOINTS"
 
 
 class CorruptCheckpointError(RuntimeError):
@@ -134,6 +141,16 @@ def checkpoint_path(name: str, profile: str) -> Path:
     return cache_dir("zoo") / f"{name}-{profile}-{digest}.pt"
 
 
+def _existing(path: Path) -> Path | None:
+    """The cached checkpoint, else one with the same name in a folder of ``$RELIABLE_SALIENCY_CHECKPOINTS``."""
+    if path.exists():
+        return path
+    for folder in os.environ.get(CHECKPOINTS_ENV, "").split(os.pathsep):
+        if folder and (Path(folder) / path.name).exists():
+            return Path(folder) / path.name
+    return None
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -173,8 +190,9 @@ def load_model(
     """
     recipe = _recipe_or_raise(name)
     path = checkpoint_path(name, profile)
-    if path.exists() and not retrain:
-        model, meta = _load_verified(path, recipe)
+    found = None if retrain else _existing(path)
+    if found is not None:
+        model, meta = _load_verified(found, recipe)
     else:
         train_set = _train_set(recipe, profile)
         torch.manual_seed(recipe.seed)  # reproducible initialisation
