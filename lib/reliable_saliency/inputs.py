@@ -114,9 +114,16 @@ def check_images(x: Tensor, space: InputSpace | None = None, name: str = "x") ->
         )
     if not x.is_floating_point():
         raise TypeError(f"{name} must be a float tensor (normalised input), got {x.dtype}")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN or infinite values")
-    if space is not None:
+    if space is None:
+        ok = bool(torch.isfinite(x).all())
+    else:
+        if x.shape[1] != space.channels:
+            space.check(x, name)  # raises the channel error
+        # one fused test (NaN and inf fail it too); the detailed message only on failure
+        ok = bool(((x >= space.lower(x) - 1e-4) & (x <= space.upper(x) + 1e-4)).all())
+    if not ok:
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{name} contains NaN or infinite values")
         space.check(x, name)
 
 

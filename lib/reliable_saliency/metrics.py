@@ -12,7 +12,7 @@ device; nothing loops over images in Python. Conventions:
   ...) the result is NaN for that image, as in scipy; NaN or infinite *inputs* raise ValueError.
 - Model-based metrics take normalised input ``x`` (N, C, H, W), run the model in no-grad mode
   without changing its mode, and put all steps / samples of all images on the batch axis, in
-  chunks of at most ``batch_size`` model inputs (None: one pass).
+  chunks of at most ``batch_size`` model inputs (None: ``batching.default_batch_size``).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .batching import resolve_batch_size
 from .inputs import check_images, check_model_ready, check_targets, input_space_of
 
 __all__ = [
@@ -342,8 +343,9 @@ def _prepare(model: nn.Module, x: Tensor, target: Tensor | int, name: str = "tar
         raise type(error)(str(error).replace("target", name, 1)) from None
 
 
-def _chunks(total: int, batch_size: int | None) -> Iterable[tuple[int, int]]:
-    step = total if batch_size is None else batch_size
+def _chunks(total: int, batch_size: int | None, x: Tensor) -> Iterable[tuple[int, int]]:
+    """Chunks of at most ``batch_size`` model inputs (None: the measured default for ``x``'s size)."""
+    step = resolve_batch_size(batch_size, x)
     for start in range(0, total, step):
         yield start, min(start + step, total)
 
@@ -406,7 +408,7 @@ def _perturbation_curve(
     total = n * (steps + 1)
     probs = torch.empty(total, dtype=x.dtype, device=x.device)
     with torch.no_grad():
-        for lo, hi in _chunks(total, batch_size):
+        for lo, hi in _chunks(total, batch_size, x):
             idx = torch.arange(lo, hi, device=x.device)
             img, step = idx // (steps + 1), idx % (steps + 1)
             changed = (rank[img] < counts[step].unsqueeze(1)).view(-1, 1, h, w)
@@ -499,7 +501,7 @@ def retrieval(
         )
     hits, probs = [], []
     with torch.no_grad():
-        for lo, hi in _chunks(n, batch_size):
+        for lo, hi in _chunks(n, batch_size, x):
             p = model(x[lo:hi] * maps[lo:hi]).softmax(1)
             hits.append(p.argmax(1) == clean_prediction[lo:hi])
             probs.append(p.gather(1, clean_prediction[lo:hi].unsqueeze(1)).squeeze(1).to(x.dtype))
