@@ -26,15 +26,6 @@ SMALL = {  # options that keep every explainer cheap in tests
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread is fastest and avoids thread contention on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def rng():
     return torch.Generator().manual_seed(1234)

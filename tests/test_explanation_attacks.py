@@ -39,15 +39,6 @@ def _synthetic(n: int, g: torch.Generator):
     return torch.where(inside.unsqueeze(1), colour, x), y
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tensors are tiny: one thread avoids oversubscription on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def trained():
     g = torch.Generator().manual_seed(0)

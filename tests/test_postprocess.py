@@ -9,15 +9,6 @@ import torch
 from reliable_saliency import postprocess as pp
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread is fastest and avoids thread contention on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def rng():
     return torch.Generator().manual_seed(99)
