@@ -14,11 +14,15 @@ export RELIABLE_SALIENCY_CHECKPOINTS ?= $(CURDIR)/book/checkpoints
 
 .PHONY: env book chapters chapter test unit nbval smoke-book notebooks lock clean
 
+# The environment holds the pinned dependencies only; the library is always imported from this
+# checkout's lib/ (PYTHONPATH, inherited by papermill's and nbval's kernels), so one environment
+# cached by lock file can serve several clones without running another clone's code.
+export PYTHONPATH := $(CURDIR)/lib$(if $(PYTHONPATH),:$(PYTHONPATH))
+
 env: $(ENV_DIR)/.installed
-$(ENV_DIR)/.installed: requirements.lock pyproject.toml
+$(ENV_DIR)/.installed: requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(ENV_DIR)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
 # Paired notebooks: the py:percent file is the source; the .ipynb is regenerated from it.
