@@ -89,6 +89,10 @@ def pgd(
         raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if not eps >= 0:
+        raise ValueError(f"eps must be >= 0 in pixel units (for example 8/255), got {eps}")
+    if alpha is not None and not alpha > 0:
+        raise ValueError(f"alpha must be > 0 in pixel units, got {alpha}")
     space = _space_or_raise(model, input_space)
     check_images(x, space)
     check_model_ready(model)
