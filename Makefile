@@ -18,6 +18,8 @@ export RELIABLE_SALIENCY_CHECKPOINTS ?= $(CURDIR)/book/checkpoints
 # checkout's lib/ (PYTHONPATH, inherited by papermill's and nbval's kernels), so one environment
 # cached by lock file can serve several clones without running another clone's code.
 export PYTHONPATH := $(CURDIR)/lib$(if $(PYTHONPATH),:$(PYTHONPATH))
+# Kernels must use their inline backend: a non-interactive MPLBACKEND (Agg) would drop every figure.
+unexport MPLBACKEND
 
 env: $(ENV_DIR)/.installed
 $(ENV_DIR)/.installed: requirements.lock

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import os
 import sys
 import time
 from pathlib import Path
@@ -41,10 +42,21 @@ def main(argv: list[str] | None = None) -> int:
     output = args.output_dir / args.notebook.name
     started = time.perf_counter()
     print(f"executing {args.notebook} -> {output} with {parameters}", flush=True)
-    atomic_write(output, lambda tmp: papermill.execute_notebook(
-        str(args.notebook), str(tmp), parameters=parameters, cwd=str(args.notebook.parent),
-        progress_bar=False, report_mode=False,
-    ))
+    def execute(tmp: Path) -> None:
+        executed = papermill.execute_notebook(
+            str(args.notebook), str(tmp), parameters=parameters, cwd=str(args.notebook.parent),
+            progress_bar=False, report_mode=False,
+        )
+        figures = sum("image/png" in output.get("data", {})
+                      for cell in executed["cells"] for output in cell.get("outputs", []))
+        if figures == 0:  # every chapter draws figures: none means a broken plotting backend
+            raise RuntimeError(
+                f"{args.notebook.name} produced no figure; is MPLBACKEND set to a non-inline backend "
+                f"(it is {os.environ.get('MPLBACKEND')!r})? Unset it and run again."
+            )
+        print(f"{args.notebook.name}: {figures} figures", flush=True)
+
+    atomic_write(output, execute)
     print(f"{args.notebook.name}: {time.perf_counter() - started:.1f} s at profile {args.profile}", flush=True)
     return 0
 
