@@ -154,7 +154,7 @@ def test_blur_baseline_matches_scipy(rng):
 
     x = images(rng, 2, 3, 9, 7)
     got = explainers.make_baseline(x, "blur", blur_sigma=1.0)
-    ref = gaussian_filter(x.numpy(), sigma=(0, 0, 1.0, 1.0), mode="nearest", truncate=3.0)
+    ref = gaussian_filter(x.numpy(), sigma=(0, 0, 1.0, 1.0), mode="mirror", truncate=3.0)
     np.testing.assert_allclose(got.numpy(), ref, rtol=1e-10, atol=1e-12)
     weight = torch.randn((2, 3 * 9 * 7), generator=rng, dtype=torch.float64)
     linear_model = Linear(weight, torch.zeros(2, dtype=torch.float64))

@@ -157,17 +157,24 @@ def _view_rows(values: Tensor) -> Tensor:
 
 
 def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
-    """Per-channel Gaussian blur of (N, C, H, W) with std ``sigma`` pixels (kernel radius
-    ceil(3 sigma), edges replicated). Differentiable."""
+    """Per-channel Gaussian blur of (N, C, H, W) with std ``sigma`` pixels: separable, radius
+    ceil(3 sigma) capped at size - 1, reflect padding (``d c b | a b c d``, scipy's "mirror").
+    The one blur of the library (IG's blur baseline, the deletion/insertion blur substrate).
+    Differentiable."""
     sigma = _float_option("blur sigma", sigma, 0.0, strict=True)
-    radius = max(1, math.ceil(3 * sigma))
-    offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    c = x.shape[1]
-    out = F.pad(x, (radius, radius, radius, radius), mode="replicate")
-    out = F.conv2d(out, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(out, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    c, h, w = x.shape[1:]
+    out = x
+    for horizontal, size in ((True, w), (False, h)):
+        radius = min(math.ceil(3 * sigma), size - 1)
+        if radius == 0:
+            continue
+        offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+        kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+        kernel = kernel / kernel.sum()
+        pad = (radius, radius, 0, 0) if horizontal else (0, 0, radius, radius)
+        kernel = kernel.view(1, 1, 1, -1) if horizontal else kernel.view(1, 1, -1, 1)
+        out = F.conv2d(F.pad(out, pad, mode="reflect"), kernel.expand(c, -1, -1, -1), groups=c)
+    return out
 
 
 def make_baseline(x: Tensor, baseline="zero", blur_sigma: float | None = None) -> Tensor:

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .batching import resolve_batch_size
+from .batching import chunk_ranges, resolve_batch_size
+from .explainers import gaussian_blur
 from .inputs import check_images, check_model_ready, check_targets, input_space_of
 
 __all__ = [
@@ -343,36 +344,13 @@ def _prepare(model: nn.Module, x: Tensor, target: Tensor | int, name: str = "tar
         raise type(error)(str(error).replace("target", name, 1)) from None
 
 
-def _chunks(total: int, batch_size: int | None, x: Tensor) -> Iterable[tuple[int, int]]:
-    """Chunks of at most ``batch_size`` model inputs (None: the measured default for ``x``'s size)."""
-    step = resolve_batch_size(batch_size, x)
-    for start in range(0, total, step):
-        yield start, min(start + step, total)
-
-
-def _gaussian_blur(x: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur per channel, radius ceil(3 sigma) (capped at size - 1), reflect
-    padding (``d c b | a b c d``)."""
-    c, h, w = x.shape[1:]
-    out = x
-    for axis, size in ((3, w), (2, h)):
-        radius = min(math.ceil(3 * sigma), size - 1)
-        if radius == 0:
-            continue
-        g = _gaussian_kernel(2 * radius + 1, sigma, x)
-        pad = (radius, radius, 0, 0) if axis == 3 else (0, 0, radius, radius)
-        kernel = g.view(1, 1, 1, -1) if axis == 3 else g.view(1, 1, -1, 1)
-        out = F.conv2d(F.pad(out, pad, mode="reflect"), kernel.expand(c, -1, -1, -1), groups=c)
-    return out
-
-
 def _substrate(x: Tensor, substrate: str, blur_sigma: float) -> Tensor:
     if substrate == "zero":
         return torch.zeros_like(x)
     if substrate == "mean":
         return x.mean((2, 3), keepdim=True).expand_as(x)
     if substrate == "blur":
-        return _gaussian_blur(x, blur_sigma)
+        return gaussian_blur(x, blur_sigma)
     raise ValueError(f"unknown substrate {substrate!r}; choose one of {SUBSTRATES}")
 
 
@@ -408,7 +386,7 @@ def _perturbation_curve(
     total = n * (steps + 1)
     probs = torch.empty(total, dtype=x.dtype, device=x.device)
     with torch.no_grad():
-        for lo, hi in _chunks(total, batch_size, x):
+        for lo, hi in chunk_ranges(total, resolve_batch_size(batch_size, x)):
             idx = torch.arange(lo, hi, device=x.device)
             img, step = idx // (steps + 1), idx % (steps + 1)
             changed = (rank[img] < counts[step].unsqueeze(1)).view(-1, 1, h, w)
@@ -501,7 +479,7 @@ def retrieval(
         )
     hits, probs = [], []
     with torch.no_grad():
-        for lo, hi in _chunks(n, batch_size, x):
+        for lo, hi in chunk_ranges(n, resolve_batch_size(batch_size, x)):
             p = model(x[lo:hi] * maps[lo:hi]).softmax(1)
             hits.append(p.argmax(1) == clean_prediction[lo:hi])
             probs.append(p.gather(1, clean_prediction[lo:hi].unsqueeze(1)).squeeze(1).to(x.dtype))
