@@ -35,11 +35,11 @@ notebooks: env
 # Extra parameters: make chapter NB=00_data_and_models PROFILE=smoke ARGS="-p eval_images 200"
 chapter: notebooks
 	@test -n "$(NB)" || { echo "usage: make chapter NB=<notebook name without extension> [PROFILE=...] [ARGS=...]"; exit 2; }
-	$(BIN)/python -m reliable_saliency.run_chapter notebooks/$(NB).ipynb book/chapters --profile $(PROFILE) $(ARGS)
+	$(BIN)/python -m reliable_saliency.chapter.run notebooks/$(NB).ipynb book/chapters --profile $(PROFILE) $(ARGS)
 
 chapters: notebooks
 	for nb in $(NOTEBOOKS); do \
-	  $(BIN)/python -m reliable_saliency.run_chapter $$nb book/chapters --profile $(PROFILE) || exit 1; \
+	  $(BIN)/python -m reliable_saliency.chapter.run $$nb book/chapters --profile $(PROFILE) || exit 1; \
 	done
 
 book: chapters
@@ -60,7 +60,7 @@ smoke-book: notebooks
 	rm -rf $(SMOKE_DIR) && mkdir -p $(SMOKE_DIR)/book/chapters
 	cp -r _config.yml _toc.yml $(SMOKE_DIR)/ && cp book/*.md book/*.bib $(SMOKE_DIR)/book/
 	for nb in $(NOTEBOOKS); do \
-	  $(BIN)/python -m reliable_saliency.run_chapter $$nb $(SMOKE_DIR)/book/chapters --profile smoke || exit 1; \
+	  $(BIN)/python -m reliable_saliency.chapter.run $$nb $(SMOKE_DIR)/book/chapters --profile smoke || exit 1; \
 	done
 	$(BIN)/jupyter-book build --quiet -W -n --keep-going $(SMOKE_DIR)
 

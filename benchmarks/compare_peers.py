@@ -39,9 +39,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reliable_saliency import explainers, metrics, postprocess
-from reliable_saliency.batching import resolve_batch_size
-from reliable_saliency.inputs import CIFAR10
+from reliable_saliency import evaluation, explainers, maps
+from reliable_saliency.core.batching import resolve_batch_size
+from reliable_saliency.core.inputs import CIFAR10
+from reliable_saliency.maps import postprocess
 from reliable_saliency.models import build
 
 SECTIONS = ("gradient", "smoothgrad", "integrated_gradients", "max_sensitivity", "deletion")
@@ -483,7 +484,7 @@ class Benchmark:
         s, r = self.sizes.sensitivity_samples, self.sizes.sensitivity_radius
         self.log(f"[{section}] {s} samples, L-inf radius {r} (normalised units), gradient explainer")
         configs = self.ours_configs(
-            lambda bs: lambda: metrics.max_sensitivity(explainers.gradient, self.model, x, t, radius=r, samples=s,
+            lambda bs: lambda: evaluation.max_sensitivity(explainers.gradient, self.model, x, t, radius=r, samples=s,
                                                        generator=self.generator(0), batch_size=bs),
             {"radius": r, "samples": s})
         saliency = Saliency(self.model)
@@ -554,7 +555,7 @@ class Benchmark:
             label = "batch_size=None (default)" if bs is None else f"batch_size={bs}"
             configs.append(Config(
                 "ours", label, {"batch_size": bs, "steps": k},
-                lambda bs=bs: metrics.deletion_auc(self.model, x, maps, t, substrate="zero", steps=k,
+                lambda bs=bs: evaluation.deletion_auc(self.model, x, maps, t, substrate="zero", steps=k,
                                                    batch_size=bs, return_curve=True),
                 is_default, self.n * (k + 1) if bs is None else bs))
 
@@ -611,7 +612,7 @@ def _map_agreement(ours, reference, ours64, reference64, against: str) -> dict:
 
 
 def _mean_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(metrics.cosine(a.detach().float().cpu(), b.detach().float().cpu()).nanmean())
+    return float(maps.cosine(a.detach().float().cpu(), b.detach().float().cpu()).nanmean())
 
 
 # ----------------------------------------------------------------------------- ratios and report

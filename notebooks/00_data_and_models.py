@@ -39,7 +39,9 @@ import pandas as pd
 import seaborn as sns
 import torch
 
-from reliable_saliency import data, experiment, inputs, zoo
+from reliable_saliency import data
+from reliable_saliency.core import experiment, inputs
+from reliable_saliency.training import zoo
 from reliable_saliency.attacks import pgd
 from reliable_saliency.models import efficientnet_lite0
 from reliable_saliency.training import evaluate

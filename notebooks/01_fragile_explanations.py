@@ -54,11 +54,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from reliable_saliency import data, experiment, metrics, zoo
+from reliable_saliency import data, maps
+from reliable_saliency.attacks import dombrowski_attack, ghorbani_attack
+from reliable_saliency.core import experiment
 from reliable_saliency.explainers import get_explainer
-from reliable_saliency.explanation_attacks import dombrowski_attack, ghorbani_attack
+from reliable_saliency.maps.postprocess import postprocess
 from reliable_saliency.models import to_softplus
-from reliable_saliency.postprocess import postprocess
+from reliable_saliency.training import zoo
 
 settings = experiment.resolve_profile(profile, attack_steps=attack_steps, mc_samples=mc_samples, ig_steps=ig_steps)
 n_attacked = attack_images or max(8, settings.eval_images // 5)
@@ -120,9 +122,9 @@ def saliency(explainer, model, inputs, target) -> torch.Tensor:
 
 def compare(clean_map, adv_map) -> dict:
     return {
-        f"top-{k} intersection": metrics.topk_intersection(clean_map, adv_map, k),
-        "Spearman": metrics.spearman(clean_map, adv_map),
-        "centre shift (px)": metrics.center_of_mass_shift(clean_map, adv_map),
+        f"top-{k} intersection": maps.topk_intersection(clean_map, adv_map, k),
+        "Spearman": maps.spearman(clean_map, adv_map),
+        "centre shift (px)": maps.center_of_mass_shift(clean_map, adv_map),
     }
 
 
@@ -167,7 +169,7 @@ def bootstrap_ci(values: torch.Tensor, rounds: int = 2000) -> tuple[float, float
 for name in plan:
     _, clean_map, random_map = examples[name, "random"]
     _, _, topk_map = examples[name, "topk"]
-    drop = metrics.topk_intersection(clean_map, random_map, k) - metrics.topk_intersection(clean_map, topk_map, k)
+    drop = maps.topk_intersection(clean_map, random_map, k) - maps.topk_intersection(clean_map, topk_map, k)
     low, high = bootstrap_ci(drop)
     kept = ghorbani_table.loc[(name, "topk"), "label kept"]
     holds = low > 0 and kept == 1.0
@@ -226,15 +228,15 @@ before = saliency(gradient_explainer, natural, source, labels[:pairs])
 after = saliency(gradient_explainer, natural, manipulated.x_adv, labels[:pairs])
 change = (natural.input_space.denormalize(manipulated.x_adv) - natural.input_space.denormalize(source)).abs()
 manipulation_table = pd.DataFrame({
-    "to target, before": {"MSE x 1e6": 1e6 * metrics.mse(before, target_map).mean().item(),
-                          "SSIM": metrics.ssim(before, target_map, data_range=None).mean().item(),
-                          "Pearson": metrics.pearson(before, target_map).mean().item()},
-    "to target, after": {"MSE x 1e6": 1e6 * metrics.mse(after, target_map).mean().item(),
-                         "SSIM": metrics.ssim(after, target_map, data_range=None).mean().item(),
-                         "Pearson": metrics.pearson(after, target_map).mean().item()},
-    "to own clean map, after": {"MSE x 1e6": 1e6 * metrics.mse(after, before).mean().item(),
-                                "SSIM": metrics.ssim(after, before, data_range=None).mean().item(),
-                                "Pearson": metrics.pearson(after, before).mean().item()},
+    "to target, before": {"MSE x 1e6": 1e6 * maps.mse(before, target_map).mean().item(),
+                          "SSIM": maps.ssim(before, target_map, data_range=None).mean().item(),
+                          "Pearson": maps.pearson(before, target_map).mean().item()},
+    "to target, after": {"MSE x 1e6": 1e6 * maps.mse(after, target_map).mean().item(),
+                         "SSIM": maps.ssim(after, target_map, data_range=None).mean().item(),
+                         "Pearson": maps.pearson(after, target_map).mean().item()},
+    "to own clean map, after": {"MSE x 1e6": 1e6 * maps.mse(after, before).mean().item(),
+                                "SSIM": maps.ssim(after, before, data_range=None).mean().item(),
+                                "Pearson": maps.pearson(after, before).mean().item()},
 })
 print(f"[{settings.name} profile] {pairs} pairs, {n_manipulation_steps} Adam steps, {seconds:.0f} s; labels kept "
       f"{manipulated.label_kept.float().mean():.0%}; input change: max {255 * change.max():.1f}/255, "
@@ -286,9 +288,9 @@ after_topk = {}  # model -> per-image top-k intersection after the top-k attack
 def fragility_row(label, model, clean_map, adv_maps, count) -> dict:
     row = {"model": label, "test accuracy (1,000)": test_accuracy(model), "images": count}
     for objective, adv_map in adv_maps.items():
-        per_image = metrics.topk_intersection(clean_map, adv_map, k)
+        per_image = maps.topk_intersection(clean_map, adv_map, k)
         row[f"top-{k} after {objective}"] = per_image.mean().item()
-        row[f"Spearman after {objective}"] = metrics.spearman(clean_map, adv_map).mean().item()
+        row[f"Spearman after {objective}"] = maps.spearman(clean_map, adv_map).mean().item()
     after_topk[label] = per_image
     return row
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from reliable_saliency import inputs
+from reliable_saliency.core import inputs
 from reliable_saliency.attacks import fgsm, pgd
 
 SPACE = inputs.CIFAR10

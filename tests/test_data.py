@@ -3,7 +3,8 @@ import gzip
 import pytest
 import torch
 
-from reliable_saliency import data, inputs
+from reliable_saliency import data
+from reliable_saliency.core import inputs
 
 
 def test_cifar10_offline_copy(shared_data, isolated_cache):

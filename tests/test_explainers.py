@@ -11,7 +11,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from reliable_saliency import batching, explainers, inputs
+from reliable_saliency import explainers
+from reliable_saliency.core import batching, inputs, references
 from reliable_saliency.explainers import EXPLAINERS, get_explainer
 
 captum_attr = pytest.importorskip("captum.attr")
@@ -153,7 +154,7 @@ def test_blur_baseline_matches_scipy(rng):
     from scipy.ndimage import gaussian_filter
 
     x = images(rng, 2, 3, 9, 7)
-    got = explainers.make_baseline(x, "blur", blur_sigma=1.0)
+    got = references.make_baseline(x, "blur", blur_sigma=1.0)
     ref = gaussian_filter(x.numpy(), sigma=(0, 0, 1.0, 1.0), mode="mirror", truncate=3.0)
     np.testing.assert_allclose(got.numpy(), ref, rtol=1e-10, atol=1e-12)
     weight = torch.randn((2, 3 * 9 * 7), generator=rng, dtype=torch.float64)

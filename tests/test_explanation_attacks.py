@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reliable_saliency import explanation_attacks as ea
-from reliable_saliency import metrics
-from reliable_saliency.inputs import SYNTHETIC
+from reliable_saliency import attacks as ea
+from reliable_saliency import evaluation, maps
+from reliable_saliency.core.inputs import SYNTHETIC
 from reliable_saliency.models import to_softplus
 
 EPS = 8 / 255
@@ -127,7 +127,7 @@ def test_ghorbani_topk_beats_random_sign_noise(ghorbani):
     topk, random = ghorbani["topk"], ghorbani["random"]
     assert topk.measure == random.measure == "topk_intersection"
     k = round(SIZE * SIZE * 1000 / 224**2)
-    torch.testing.assert_close(topk.value, metrics.topk_intersection(topk.adv_map, topk.clean_map, k))
+    torch.testing.assert_close(topk.value, maps.topk_intersection(topk.adv_map, topk.clean_map, k))
     assert bool((topk.value < 1).all()) and bool(topk.success.all())
     assert float(topk.value.mean()) < float(random.value.mean()) - 0.05
     assert float(topk.value.mean()) < 0.75
@@ -135,8 +135,8 @@ def test_ghorbani_topk_beats_random_sign_noise(ghorbani):
 
 def test_ghorbani_mass_center_moves_the_center_more_than_random(ghorbani):
     mass, random = ghorbani["mass_center"], ghorbani["random"]
-    torch.testing.assert_close(mass.value, metrics.center_of_mass_shift(mass.adv_map, mass.clean_map))
-    random_shift = metrics.center_of_mass_shift(random.adv_map, random.clean_map)
+    torch.testing.assert_close(mass.value, maps.center_of_mass_shift(mass.adv_map, mass.clean_map))
+    random_shift = maps.center_of_mass_shift(random.adv_map, random.clean_map)
     assert float(mass.value.mean()) > 1.0
     assert float(mass.value.mean()) > 3 * float(random_shift.mean())
 

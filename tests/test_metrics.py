@@ -10,8 +10,8 @@ from scipy import ndimage, stats
 from skimage.metrics import structural_similarity
 from torch import nn
 
-from reliable_saliency import metrics
-from reliable_saliency.inputs import SYNTHETIC, check_images, check_targets
+from reliable_saliency import evaluation, maps
+from reliable_saliency.core.inputs import SYNTHETIC, check_images, check_targets
 
 
 def gradient_explainer(model, x, target, *, create_graph=False, generator=None, batch_size=None):
@@ -67,10 +67,10 @@ def test_spearman_matches_scipy_with_ties():
     g = gen(1)
     a = torch.randint(0, 5, (4, 6, 6), generator=g).double()  # many ties
     b = torch.randint(0, 4, (4, 6, 6), generator=g).double() + 0.1 * a
-    ours = metrics.spearman(a, b)
+    ours = maps.spearman(a, b)
     ref = [stats.spearmanr(a[i].flatten(), b[i].flatten()).statistic for i in range(4)]
     np.testing.assert_allclose(ours.numpy(), ref, rtol=0, atol=1e-12)
-    ours32 = metrics.spearman(a.float(), b.float())
+    ours32 = maps.spearman(a.float(), b.float())
     assert ours32.dtype == torch.float32
     np.testing.assert_allclose(ours32.numpy(), ref, atol=1e-5)
 
@@ -81,34 +81,34 @@ def test_pearson_cosine_mse_match_references():
     b = a + torch.randn(3, 2, 5, 5, generator=g, dtype=torch.float64)
     fa, fb = a.flatten(1).numpy(), b.flatten(1).numpy()
     ref = [stats.pearsonr(fa[i], fb[i]).statistic for i in range(3)]
-    np.testing.assert_allclose(metrics.pearson(a, b).numpy(), ref, atol=1e-12)
+    np.testing.assert_allclose(maps.pearson(a, b).numpy(), ref, atol=1e-12)
     from scipy.spatial.distance import cosine as cosine_distance
 
     ref = [1 - cosine_distance(fa[i], fb[i]) for i in range(3)]
-    np.testing.assert_allclose(metrics.cosine(a, b).numpy(), ref, atol=1e-12)
-    np.testing.assert_allclose(metrics.mse(a, b).numpy(), ((fa - fb) ** 2).mean(1), atol=1e-12)
+    np.testing.assert_allclose(maps.cosine(a, b).numpy(), ref, atol=1e-12)
+    np.testing.assert_allclose(maps.mse(a, b).numpy(), ((fa - fb) ** 2).mean(1), atol=1e-12)
     # identical maps: exactly 1 (paper E's quirk gave (n-1)/n)
-    assert torch.equal(metrics.pearson(a, a), torch.ones(3, dtype=torch.float64))
+    assert torch.equal(maps.pearson(a, a), torch.ones(3, dtype=torch.float64))
 
 
 def test_undefined_correlations_are_nan():
     a = torch.randn(2, 4, 4, generator=gen(3))
     b = a.clone()
     b[0] = 0.7  # constant map
-    assert torch.isnan(metrics.pearson(a, b)[0]) and not torch.isnan(metrics.pearson(a, b)[1])
-    assert torch.isnan(metrics.spearman(a, b)[0]) and metrics.spearman(a, b)[1] == 1
+    assert torch.isnan(maps.pearson(a, b)[0]) and not torch.isnan(maps.pearson(a, b)[1])
+    assert torch.isnan(maps.spearman(a, b)[0]) and maps.spearman(a, b)[1] == 1
     b[0] = 0.0
-    assert torch.isnan(metrics.cosine(a, b)[0])
+    assert torch.isnan(maps.cosine(a, b)[0])
 
 
 def test_topk_intersection_hand_cases_and_ties():
     a = torch.tensor([[5.0, 4, 3, 2, 1, 0]])
-    assert metrics.topk_intersection(a, a, 3).item() == 1.0
-    assert metrics.topk_intersection(a, a.flip(1), 3).item() == 0.0
-    assert metrics.topk_intersection(a, a.flip(1), 4).item() == 0.5  # {0,1,2,3} & {5,4,3,2}
+    assert maps.topk_intersection(a, a, 3).item() == 1.0
+    assert maps.topk_intersection(a, a.flip(1), 3).item() == 0.0
+    assert maps.topk_intersection(a, a.flip(1), 4).item() == 0.5  # {0,1,2,3} & {5,4,3,2}
     # ties: lower index first -> Top_2([1,1,1,0]) = {0, 1}; Top_2([0,1,1,0]) = {1, 2}
     tied = torch.tensor([[1.0, 1, 1, 0]])
-    assert metrics.topk_intersection(tied, torch.tensor([[0.0, 1, 1, 0]]), 2).item() == 0.5
+    assert maps.topk_intersection(tied, torch.tensor([[0.0, 1, 1, 0]]), 2).item() == 0.5
     # random maps against numpy's stable argsort
     g = gen(4)
     x, y = torch.randn(5, 7, 7, generator=g), torch.randn(5, 7, 7, generator=g)
@@ -117,25 +117,25 @@ def test_topk_intersection_hand_cases_and_ties():
             & set(np.argsort(-y[i].flatten().numpy(), kind="stable")[:10])) / 10
         for i in range(5)
     ]
-    np.testing.assert_allclose(metrics.topk_intersection(x, y, 10).numpy(), ref)
+    np.testing.assert_allclose(maps.topk_intersection(x, y, 10).numpy(), ref)
 
 
 @pytest.mark.parametrize("k", [0, 17, 2.0, True])
 def test_topk_rejects_bad_k(k):
     with pytest.raises(ValueError, match="k must be"):
-        metrics.topk_intersection(torch.rand(2, 4, 4), torch.rand(2, 4, 4), k)
+        maps.topk_intersection(torch.rand(2, 4, 4), torch.rand(2, 4, 4), k)
 
 
 def test_pair_metrics_validate_inputs():
     with pytest.raises(ValueError, match="same shape"):
-        metrics.spearman(torch.rand(2, 4, 4), torch.rand(2, 4, 5))
+        maps.spearman(torch.rand(2, 4, 4), torch.rand(2, 4, 5))
     bad = torch.rand(2, 4, 4)
     bad[1, 2, 2] = float("nan")
-    for fn in (metrics.pearson, metrics.spearman, metrics.cosine, metrics.mse, metrics.ssim):
+    for fn in (maps.pearson, maps.spearman, maps.cosine, maps.mse, maps.ssim):
         with pytest.raises(ValueError, match="NaN"):
             fn(torch.rand(2, 4, 4), bad)
     with pytest.raises(ValueError, match="batch axis"):
-        metrics.mse(torch.rand(5), torch.rand(5))
+        maps.mse(torch.rand(5), torch.rand(5))
 
 
 # ----------------------------------------------------------------------------------------- SSIM
@@ -151,7 +151,7 @@ def smooth_maps(seed, n=3, size=16):
 def test_ssim_matches_skimage_11x11(data_range):
     a = smooth_maps(5)
     b = a + 0.05 * torch.randn(a.shape, generator=gen(6), dtype=torch.float64)
-    ours = metrics.ssim(a, b, data_range=data_range)
+    ours = maps.ssim(a, b, data_range=data_range)
     ref = []
     for i in range(a.shape[0]):
         both = torch.cat([a[i], b[i]])
@@ -166,7 +166,7 @@ def test_ssim_7x7_matches_skimage_and_scipy_reference():
     # skimage truncates its Gaussian at 3.5 sigma: sigma 0.8 gives its 7-tap window
     ref = [structural_similarity(a[i].numpy(), b[i].numpy(), gaussian_weights=True, sigma=0.8,
                                  use_sample_covariance=False, data_range=1.0, win_size=7) for i in range(3)]
-    ours = metrics.ssim(a, b, window_size=7, sigma=0.8, data_range=1.0)
+    ours = maps.ssim(a, b, window_size=7, sigma=0.8, data_range=1.0)
     np.testing.assert_allclose(ours.numpy(), ref, atol=1e-10)
 
     # paper E's 7x7 window with sigma 1.5: SSIM formula written out on scipy's Gaussian filter
@@ -180,18 +180,18 @@ def test_ssim_7x7_matches_skimage_and_scipy_reference():
         vx, vy, vxy = filt(x * x) - ux**2, filt(y * y) - uy**2, filt(x * y) - ux * uy
         c1, c2 = 0.01**2, 0.03**2
         ref.append((((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))).mean())
-    ours = metrics.ssim(a, b, window_size=7, sigma=1.5, data_range=1.0)
+    ours = maps.ssim(a, b, window_size=7, sigma=1.5, data_range=1.0)
     np.testing.assert_allclose(ours.numpy(), ref, atol=1e-10)
-    np.testing.assert_allclose(metrics.ssim(a, a, window_size=7).numpy(), 1.0, atol=1e-12)
+    np.testing.assert_allclose(maps.ssim(a, a, window_size=7).numpy(), 1.0, atol=1e-12)
 
 
 def test_ssim_rejects_bad_windows_and_channel_maps():
     with pytest.raises(ValueError, match="odd"):
-        metrics.ssim(torch.rand(1, 8, 8), torch.rand(1, 8, 8), window_size=6)
+        maps.ssim(torch.rand(1, 8, 8), torch.rand(1, 8, 8), window_size=6)
     with pytest.raises(ValueError, match="larger than"):
-        metrics.ssim(torch.rand(1, 8, 8), torch.rand(1, 8, 8), window_size=11)
+        maps.ssim(torch.rand(1, 8, 8), torch.rand(1, 8, 8), window_size=11)
     with pytest.raises(ValueError, match="channel_sum"):
-        metrics.ssim(torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16))
+        maps.ssim(torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16))
 
 
 # --------------------------------------------------------------------------------- localisation
@@ -202,14 +202,14 @@ def test_center_of_mass_hand_cases_and_scipy():
     m[0, 2, 5] = 3.0
     m[1, 0, 0] = m[1, 2, 4] = 1.0
     m[2] = torch.rand(6, 8, generator=gen(9))
-    com = metrics.center_of_mass(m)
+    com = maps.center_of_mass(m)
     assert com[0].tolist() == [2.0, 5.0] and com[1].tolist() == [1.0, 2.0]
     np.testing.assert_allclose(com[2].numpy(), ndimage.center_of_mass(m[2].numpy()), atol=1e-5)
-    shift = metrics.center_of_mass_shift(m[:2], m[1:])
+    shift = maps.center_of_mass_shift(m[:2], m[1:])
     np.testing.assert_allclose(shift.numpy(), [np.hypot(1, 3), np.hypot(*(com[2] - com[1]).numpy())], atol=1e-5)
-    assert torch.isnan(metrics.center_of_mass(torch.zeros(1, 4, 4))).all()
+    assert torch.isnan(maps.center_of_mass(torch.zeros(1, 4, 4))).all()
     with pytest.raises(ValueError, match="non-negative"):
-        metrics.center_of_mass(-m)
+        maps.center_of_mass(-m)
 
 
 def test_pointing_game_hand_cases():
@@ -218,11 +218,11 @@ def test_pointing_game_hand_cases():
     m[1, 2, 2] = 1  # on the exclusive end -> outside
     m[2] = 1.0  # constant: first maximum (0, 0)
     boxes = torch.tensor([[0, 0, 2, 2], [0, 0, 2, 2], [0, 0, 1, 1]])
-    assert metrics.pointing_game(m, boxes).tolist() == [True, False, True]
+    assert maps.pointing_game(m, boxes).tolist() == [True, False, True]
     with pytest.raises(ValueError, match="box 1"):
-        metrics.pointing_game(m, torch.tensor([[0, 0, 2, 2], [3, 0, 3, 2], [0, 0, 1, 1]]))
+        maps.pointing_game(m, torch.tensor([[0, 0, 2, 2], [3, 0, 3, 2], [0, 0, 1, 1]]))
     with pytest.raises(TypeError, match="integer"):
-        metrics.pointing_game(m, boxes.float())
+        maps.pointing_game(m, boxes.float())
 
 
 def test_box_iou_hand_cases():
@@ -231,12 +231,12 @@ def test_box_iou_hand_cases():
     m[0, 7, 0] = 0.4  # below 0.5 * max, inside 0.3 * max
     m[1] = 0.0
     boxes = torch.tensor([[3, 3, 6, 7], [0, 0, 8, 8]])  # area 12, overlap rows 3-4 x cols 3-6 = 8
-    iou = metrics.box_iou(m, boxes, threshold=0.5)
+    iou = maps.box_iou(m, boxes, threshold=0.5)
     assert iou[0].item() == pytest.approx(8 / 16) and torch.isnan(iou[1])
     # at 0.3 the pixel (7, 0) joins: predicted box (2, 0, 8, 7), area 42, overlap 12
-    assert metrics.box_iou(m[:1], boxes[:1], threshold=0.3).item() == pytest.approx(12 / 42)
+    assert maps.box_iou(m[:1], boxes[:1], threshold=0.3).item() == pytest.approx(12 / 42)
     with pytest.raises(ValueError, match="threshold"):
-        metrics.box_iou(m, boxes, threshold=0.0)
+        maps.box_iou(m, boxes, threshold=0.0)
 
 
 # ------------------------------------------------------------------------ deletion / insertion
@@ -251,8 +251,8 @@ def test_deletion_and_insertion_closed_form(steps):
     model = KeptWeight(weights).eval()
     x = torch.ones(3, 2, h, w, dtype=torch.float64)
     maps = torch.stack([weights, -weights, torch.rand(h, w, generator=gen(11), dtype=torch.float64)])
-    del_auc, del_curve = metrics.deletion_auc(model, x, maps, 0, steps=steps, return_curve=True)
-    ins_auc, ins_curve = metrics.insertion_auc(model, x, maps, 0, substrate="zero", steps=steps, return_curve=True)
+    del_auc, del_curve = evaluation.deletion_auc(model, x, maps, 0, steps=steps, return_curve=True)
+    ins_auc, ins_curve = evaluation.insertion_auc(model, x, maps, 0, substrate="zero", steps=steps, return_curve=True)
     counts = np.arange(steps + 1) * d // steps
     for i in range(3):
         order = np.argsort(-maps[i].flatten().numpy(), kind="stable")
@@ -282,8 +282,8 @@ def test_curve_endpoints_and_substrates(substrate, sigma):
     with torch.no_grad():
         p_x = model(x).softmax(1)[[0, 1], target]
         p_base = model(torch.as_tensor(np.ascontiguousarray(base), dtype=torch.float32)).softmax(1)[[0, 1], target]
-    _, dc = metrics.deletion_auc(model, x, maps, target, substrate=substrate, blur_sigma=sigma, return_curve=True)
-    _, ic = metrics.insertion_auc(model, x, maps, target, substrate=substrate, blur_sigma=sigma, return_curve=True)
+    _, dc = evaluation.deletion_auc(model, x, maps, target, substrate=substrate, blur_sigma=sigma, return_curve=True)
+    _, ic = evaluation.insertion_auc(model, x, maps, target, substrate=substrate, blur_sigma=sigma, return_curve=True)
     assert dc.shape == ic.shape == (2, 9)
     torch.testing.assert_close(dc[:, 0], p_x)
     torch.testing.assert_close(dc[:, -1], p_base, atol=1e-5, rtol=1e-4)
@@ -295,8 +295,8 @@ def test_curves_do_not_depend_on_batch_size():
     model = tiny_cnn(2)
     x = torch.randn(3, 3, 8, 8, generator=gen(14))
     maps = torch.rand(3, 8, 8, generator=gen(15))
-    full = metrics.deletion_auc(model, x, maps, 2, steps=16, return_curve=True)
-    chunked = metrics.deletion_auc(model, x, maps.unsqueeze(1), 2, steps=16, batch_size=7, return_curve=True)
+    full = evaluation.deletion_auc(model, x, maps, 2, steps=16, return_curve=True)
+    chunked = evaluation.deletion_auc(model, x, maps.unsqueeze(1), 2, steps=16, batch_size=7, return_curve=True)
     torch.testing.assert_close(full, chunked)
 
 
@@ -307,7 +307,7 @@ def test_deletion_curve_matches_quantus_pixel_flipping():
     x = torch.randn(2, 3, 6, 6, generator=gen(16))
     maps = torch.rand(2, 6, 6, generator=gen(17))
     target = torch.tensor([0, 4])
-    _, curve = metrics.deletion_auc(model, x, maps, target, steps=36, return_curve=True)
+    _, curve = evaluation.deletion_auc(model, x, maps, target, steps=36, return_curve=True)
     # Quantus flips features (channel entries) of the map broadcast over channels: 3 per pixel
     metric = quantus.PixelFlipping(
         features_in_step=3, perturb_baseline=0.0, normalise=False, disable_warnings=True
@@ -320,20 +320,20 @@ def test_deletion_curve_matches_quantus_pixel_flipping():
 def test_curves_validate_inputs():
     model, x, maps = tiny_cnn(0), torch.randn(2, 3, 8, 8), torch.rand(2, 8, 8)
     with pytest.raises(ValueError, match="unknown substrate"):
-        metrics.deletion_auc(model, x, maps, 0, substrate="noise")
+        evaluation.deletion_auc(model, x, maps, 0, substrate="noise")
     with pytest.raises(ValueError, match="to match x"):
-        metrics.insertion_auc(model, x, maps[:, :4], 0)
+        evaluation.insertion_auc(model, x, maps[:, :4], 0)
     with pytest.raises(ValueError, match="steps"):
-        metrics.deletion_auc(model, x, maps, 0, steps=65)
+        evaluation.deletion_auc(model, x, maps, 0, steps=65)
     bad = maps.clone()
     bad[0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
-        metrics.deletion_auc(model, x, bad, 0)
+        evaluation.deletion_auc(model, x, bad, 0)
     with pytest.raises(ValueError, match="channel_sum"):
-        metrics.deletion_auc(model, x, torch.rand(2, 3, 8, 8), 0)
+        evaluation.deletion_auc(model, x, torch.rand(2, 3, 8, 8), 0)
     training_bn = nn.Sequential(nn.Conv2d(3, 2, 1), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(128, 3))
     with pytest.raises(ValueError, match="eval"):
-        metrics.insertion_auc(training_bn, x, maps, 0)
+        evaluation.insertion_auc(training_bn, x, maps, 0)
 
 
 # ------------------------------------------------------------------------------------ retrieval
@@ -348,16 +348,16 @@ def test_retrieval_matches_direct_computation():
         masked = x * (maps.unsqueeze(1) if maps.dim() == 3 else maps)
         with torch.no_grad():
             p = model(masked).softmax(1)
-        hit, prob = metrics.retrieval(model, x, maps, clean, batch_size=3)
+        hit, prob = evaluation.retrieval(model, x, maps, clean, batch_size=3)
         assert hit.dtype == torch.bool and torch.equal(hit, p.argmax(1) == clean)
         torch.testing.assert_close(prob, p[torch.arange(4), clean])
     with torch.no_grad():
         pred = model(x).argmax(1)
-    assert metrics.retrieval(model, x, torch.ones(4, 8, 8), pred)[0].all()
+    assert evaluation.retrieval(model, x, torch.ones(4, 8, 8), pred)[0].all()
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        metrics.retrieval(model, x, 2 * torch.ones(4, 8, 8), pred)
+        evaluation.retrieval(model, x, 2 * torch.ones(4, 8, 8), pred)
     with pytest.raises(ValueError, match="to match"):
-        metrics.retrieval(model, x, torch.ones(4, 2, 8, 8), pred)
+        evaluation.retrieval(model, x, torch.ones(4, 2, 8, 8), pred)
 
 
 # ------------------------------------------------------------------------------ max-sensitivity
@@ -389,7 +389,7 @@ def test_max_sensitivity_zero_for_constant_gradient():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4)).eval()
     x, target = torch.randn(3, 3, 8, 8, generator=gen(23)), torch.tensor([0, 1, 3])
-    ours = metrics.max_sensitivity(gradient_explainer, model, x, target, radius=0.3, generator=gen(0))
+    ours = evaluation.max_sensitivity(gradient_explainer, model, x, target, radius=0.3, generator=gen(0))
     assert torch.equal(ours, torch.zeros(3))
     ref = sensitivity_max(captum_explain(model), x, target=target, perturb_radius=0.3)
     assert torch.equal(ref, torch.zeros(3))
@@ -411,7 +411,7 @@ def test_max_sensitivity_matches_captum_and_quantus_in_distribution():
     x, target = torch.randn(2, 3, 8, 8, generator=gen(24)), torch.tensor([0, 2])
     radius, samples, seeds = 0.2, 10, 8
     ours = torch.stack([
-        metrics.max_sensitivity(
+        evaluation.max_sensitivity(
             gradient_explainer, model, x, target, radius=radius, samples=samples, generator=gen(s)
         )
         for s in range(seeds)
@@ -447,25 +447,25 @@ def test_max_sensitivity_seeded_clamped_and_l2():
     x[:, :, 0, 0] = 2.0  # on the range boundary: unclamped noise would leave it
     target = torch.tensor([1, 2])
     # gradient_explainer checks its inputs against model.input_space: passes only if clamped
-    first = metrics.max_sensitivity(gradient_explainer, model, x, target, radius=0.1, generator=gen(5))
-    again = metrics.max_sensitivity(
+    first = evaluation.max_sensitivity(gradient_explainer, model, x, target, radius=0.1, generator=gen(5))
+    again = evaluation.max_sensitivity(
         gradient_explainer, model, x, target, radius=0.1, generator=gen(5), batch_size=4
     )
     assert torch.equal(first, again)
     per_channel = SYNTHETIC.eps(8 / 255, x)
-    sens = metrics.max_sensitivity(gradient_explainer, model, x, target, radius=per_channel, generator=gen(5))
+    sens = evaluation.max_sensitivity(gradient_explainer, model, x, target, radius=per_channel, generator=gen(5))
     assert sens.shape == (2,) and (sens > 0).all()
     # identity-gradient model: E(x + d) - E(x) = d, so the l2 ball bounds the numerator by radius
     ident = Quadratic(torch.ones(1, 3, 8, 8), torch.zeros(1, 3, 8, 8)).eval()
-    sens = metrics.max_sensitivity(
+    sens = evaluation.max_sensitivity(
         gradient_explainer, ident, x, 0, radius=0.5, norm="l2", samples=20, generator=gen(6)
     )
     top = (sens * x.flatten(1).norm(dim=1)).tolist()
     assert all(0.45 < v <= 0.5 + 1e-6 for v in top)
     with pytest.raises(ValueError, match="norm"):
-        metrics.max_sensitivity(gradient_explainer, model, x, target, radius=0.1, norm="l1")
+        evaluation.max_sensitivity(gradient_explainer, model, x, target, radius=0.1, norm="l1")
     with pytest.raises(ValueError, match="radius"):
-        metrics.max_sensitivity(gradient_explainer, model, x, target, radius=-0.1)
+        evaluation.max_sensitivity(gradient_explainer, model, x, target, radius=-0.1)
 
 
 # ------------------------------------------------------------------------- model randomisation
@@ -475,22 +475,22 @@ def test_randomize_parameters_and_model_randomisation():
     model = tiny_cnn(5)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng_state = torch.get_rng_state()
-    copy_a = metrics.randomize_parameters(model, gen(7))
-    copy_b = metrics.randomize_parameters(model, gen(7))
+    copy_a = evaluation.randomize_parameters(model, gen(7))
+    copy_b = evaluation.randomize_parameters(model, gen(7))
     assert torch.equal(torch.get_rng_state(), rng_state)
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key])  # caller's model bit-identical
         assert torch.equal(copy_a.state_dict()[key], copy_b.state_dict()[key])  # seeded
         assert not torch.equal(copy_a.state_dict()[key], value)
     # cascading: only the named layer changes
-    top_only = metrics.randomize_parameters(model, gen(8), modules=["3"])
+    top_only = evaluation.randomize_parameters(model, gen(8), modules=["3"])
     assert torch.equal(top_only[0].weight, model[0].weight)
     assert not torch.equal(top_only[3].weight, model[3].weight)
 
     x, target = torch.randn(3, 3, 8, 8, generator=gen(26)), torch.tensor([0, 1, 2])
-    same = metrics.model_randomisation(gradient_explainer, model, model, x, target)
+    same = evaluation.model_randomisation(gradient_explainer, model, model, x, target)
     torch.testing.assert_close(same, torch.ones(3))
-    randomised = metrics.model_randomisation(gradient_explainer, model, copy_a, x, target)
+    randomised = evaluation.model_randomisation(gradient_explainer, model, copy_a, x, target)
     assert randomised.shape == (3,) and (randomised < 0.99).all()
 
     class Scaled(nn.Module):
@@ -499,14 +499,14 @@ def test_randomize_parameters_and_model_randomisation():
             self.scale = nn.Parameter(torch.ones(1))
 
     with pytest.raises(ValueError, match="scale"):
-        metrics.randomize_parameters(Scaled(), gen(0))
+        evaluation.randomize_parameters(Scaled(), gen(0))
     with pytest.raises(ValueError, match="unknown module"):
-        metrics.randomize_parameters(model, gen(0), modules=["head"])
+        evaluation.randomize_parameters(model, gen(0), modules=["head"])
 
 
 def test_differentiable_metrics_pass_gradcheck():
     a = torch.rand(2, 7, 7, generator=gen(27), dtype=torch.float64, requires_grad=True)
     b = torch.rand(2, 7, 7, generator=gen(28), dtype=torch.float64)
-    for fn in (metrics.pearson, metrics.cosine, metrics.mse, metrics.center_of_mass_shift,
-               lambda p, q: metrics.ssim(p, q, window_size=5, data_range=1.0)):
+    for fn in (maps.pearson, maps.cosine, maps.mse, maps.center_of_mass_shift,
+               lambda p, q: maps.ssim(p, q, window_size=5, data_range=1.0)):
         assert torch.autograd.gradcheck(lambda t: fn(t, b), (a,))

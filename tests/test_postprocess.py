@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from reliable_saliency import postprocess as pp
+from reliable_saliency.maps import postprocess as pp
 
 
 @pytest.fixture

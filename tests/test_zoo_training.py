@@ -4,9 +4,11 @@ import pytest
 import torch
 from torch import nn
 
-from reliable_saliency import experiment, models, zoo
+from reliable_saliency import models
+from reliable_saliency.core import experiment
+from reliable_saliency.training import zoo
 from reliable_saliency.data import make_synthetic
-from reliable_saliency.training import TrainConfig, augment_crop_flip, evaluate, train
+from reliable_saliency.training.loops import TrainConfig, augment_crop_flip, evaluate, train
 
 
 @pytest.fixture

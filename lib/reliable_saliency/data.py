@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import inputs
-from .experiment import atomic_torch_save, cache_dir
-from .inputs import InputSpace
+from .core import inputs
+from .core.experiment import atomic_torch_save, cache_dir
+from .core.inputs import InputSpace
 
 __all__ = [
     "DATA_ENV",

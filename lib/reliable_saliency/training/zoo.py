@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import data as datasets
-from . import models
-from .experiment import atomic_write, cache_dir, resolve_profile
-from .training import TrainConfig, evaluate, train
+from .. import data as datasets
+from .. import models
+from ..core.experiment import atomic_write, cache_dir, resolve_profile
+from .loops import TrainConfig, evaluate, train
 
 __all__ = ["Recipe", "RECIPES", "load_model", "checkpoint_path", "CorruptCheckpointError", "CHECKPOINTS_ENV"]
 

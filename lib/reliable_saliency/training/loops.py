@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .attacks import run_pgd
-from .data import ImageSet
-from .experiment import atomic_torch_save
-from .inputs import InputSpace, check_model_ready
+from ..attacks.predictions import run_pgd
+from ..data import ImageSet
+from ..core.experiment import atomic_torch_save
+from ..core.inputs import InputSpace, check_model_ready
 
 __all__ = ["TrainConfig", "train", "augment_crop_flip", "evaluate"]
 

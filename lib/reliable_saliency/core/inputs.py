@@ -127,22 +127,23 @@ def check_images(x: Tensor, space: InputSpace | None = None, name: str = "x") ->
         space.check(x, name)
 
 
-def check_targets(target: Tensor | int, n: int, num_classes: int, device) -> Tensor:
-    """Targets as a LongTensor of shape (n,) on ``device``; raise on wrong shape or range."""
-    if isinstance(target, int):
+def check_targets(target: Tensor | int, n: int, num_classes: int | None, device, name: str = "target") -> Tensor:
+    """Targets as a LongTensor of shape (n,) on ``device``; raise on wrong type, shape or range.
+    ``num_classes=None`` checks type and shape only (the range once the classes are known)."""
+    if isinstance(target, int) and not isinstance(target, bool):
         target = torch.full((n,), target, dtype=torch.long)
     if not isinstance(target, Tensor):
-        raise TypeError(f"target must be an int or a LongTensor of shape ({n},), got {type(target)}")
+        raise TypeError(f"{name} must be an int or a LongTensor of shape ({n},), got {type(target)}")
     if target.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
-        raise TypeError(f"target must hold integer class indices, got {target.dtype}")
+        raise TypeError(f"{name} must hold integer class indices, got {target.dtype}")
     if target.dim() == 0:
         target = target.expand(n)
     if target.shape != (n,):
-        raise ValueError(f"target must have shape ({n},) to match the batch, got {tuple(target.shape)}")
-    if bool(((target < 0) | (target >= num_classes)).any()):
+        raise ValueError(f"{name} must have shape ({n},) to match the batch, got {tuple(target.shape)}")
+    if num_classes is not None and n and bool(((target < 0) | (target >= num_classes)).any()):
         raise ValueError(
-            f"target has class indices outside [0, {num_classes}) (got min {int(target.min())}, "
-            f"max {int(target.max())})"
+            f"{name} has class indices outside [0, {num_classes}) "
+            f"(got min {int(target.min())}, max {int(target.max())})"
         )
     return target.to(device=device, dtype=torch.long)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
+from .. import __version__
 
 __all__ = [
     "Profile",

@@ -1,25 +1,23 @@
-"""Architectures used by the book, the ReLU -> Softplus(beta) swap, and ImageNet classifiers.
+"""Architectures used by the book and the ImageNet classifiers.
 
 Every constructor returns a model in eval mode with ``model.input_space`` set, so explainers and
-attacks know how inputs are normalised. Trained CIFAR-10 / MNIST models come from :mod:`zoo`.
+attacks know how inputs are normalised. Trained CIFAR-10 / MNIST models come from :mod:`..training.zoo`.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from . import inputs
-from .inputs import InputSpace
+from ..core import inputs
+from ..core.inputs import InputSpace
 
 __all__ = [
     "LeNet",
     "MnistCNN",
     "cifar_resnet18",
-    "to_softplus",
     "build",
     "ARCHITECTURES",
     "torchvision_imagenet",
@@ -127,30 +125,6 @@ def build(architecture: str, softplus_beta: float | None = None) -> nn.Module:
     factory, space = ARCHITECTURES[architecture]
     model = factory() if softplus_beta is None else factory(activation=lambda: nn.Softplus(beta=softplus_beta))
     return _with_space(model, space)
-
-
-def to_softplus(model: nn.Module, beta: float) -> nn.Module:
-    """A copy of ``model`` with every ``nn.ReLU`` module replaced by ``nn.Softplus(beta)``.
-
-    The original model is not modified. Raises if the model has no ``nn.ReLU`` module, since
-    functional ``F.relu`` calls cannot be swapped and the result would silently stay piecewise
-    linear.
-    """
-    if beta <= 0:
-        raise ValueError(f"Softplus beta must be > 0, got {beta}")
-    clone = copy.deepcopy(model)
-    swapped = 0
-    for parent in clone.modules():
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.ReLU):
-                setattr(parent, name, nn.Softplus(beta=beta))
-                swapped += 1
-    if swapped == 0:
-        raise ValueError(
-            "to_softplus found no nn.ReLU module to replace; models that call F.relu in forward "
-            "cannot be converted"
-        )
-    return clone
 
 
 def torchvision_imagenet(name: str, pretrained: bool = True) -> nn.Module:

@@ -1,6 +1,6 @@
-"""Execute one chapter notebook with papermill at a profile: ``python -m reliable_saliency.run_chapter``.
+"""Execute one chapter notebook with papermill at a profile: ``python -m reliable_saliency.chapter.run``.
 
-    python -m reliable_saliency.run_chapter notebooks/00_data_and_models.ipynb book/chapters \\
+    python -m reliable_saliency.chapter.run notebooks/00_data_and_models.ipynb book/chapters \\
         --profile book -p eval_images 200 -p device cuda
 
 The output notebook is written only when the run succeeds (atomically), so a failed run never
@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from .experiment import PROFILES, atomic_write
+from ..core.experiment import PROFILES, atomic_write
 
 
 def _literal(text: str):

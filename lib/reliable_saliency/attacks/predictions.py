@@ -12,38 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .inputs import InputSpace, check_images, check_model_ready, check_targets, input_space_of
+from ..core.inputs import InputSpace, check_images, check_model_ready, check_targets
+from ..core.options import choice, integer, number, pixel_budget
+from ..core.perturbation import project, random_start as draw_random_start, space_or_raise
 
 __all__ = ["fgsm", "pgd"]
-
-
-def _space_or_raise(model: nn.Module, input_space: InputSpace | None) -> InputSpace:
-    space = input_space_of(model, input_space)
-    if space is None:
-        raise ValueError(
-            "attacks need the model's input space (normalisation and valid range): pass "
-            "input_space=reliable_saliency.inputs.CIFAR10 (or another) or set model.input_space"
-        )
-    return space
-
-
-def _project(delta: Tensor, x01: Tensor, eps: float, norm: str) -> Tensor:
-    if norm == "linf":
-        delta = delta.clamp(-eps, eps)
-    else:
-        norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-        delta = delta * torch.clamp(eps / norms, max=1.0)
-    return (x01 + delta).clamp(0.0, 1.0) - x01
-
-
-def _random_start(x01: Tensor, eps: float, norm: str, generator) -> Tensor:
-    if norm == "linf":
-        noise = torch.rand(x01.shape, generator=generator, device=x01.device, dtype=x01.dtype) * 2 - 1
-        return noise * eps
-    direction = torch.randn(x01.shape, generator=generator, device=x01.device, dtype=x01.dtype)
-    direction = direction / direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-    radius = torch.rand((x01.shape[0], 1, 1, 1), generator=generator, device=x01.device, dtype=x01.dtype)
-    return direction * radius * eps
 
 
 def run_pgd(
@@ -52,8 +25,8 @@ def run_pgd(
 ) -> Tensor:
     """PGD without input checks (used inside training loops, where the model is in train mode)."""
     x01 = space.denormalize(x.detach())
-    delta = _random_start(x01, eps, norm, generator) if random_start else torch.zeros_like(x01)
-    delta = _project(delta, x01, eps, norm)
+    delta = draw_random_start(x01, eps, norm, generator) if random_start else torch.zeros_like(x01)
+    delta = project(delta, x01, eps, norm)
     for _ in range(steps):
         delta.requires_grad_(True)
         loss = F.cross_entropy(model(space.normalize(x01 + delta)), y)
@@ -63,7 +36,7 @@ def run_pgd(
                 step = alpha * grad.sign()
             else:
                 step = alpha * grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-            delta = _project(delta + step, x01, eps, norm)
+            delta = project(delta + step, x01, eps, norm)
     return space.normalize(x01 + delta).detach()
 
 
@@ -85,20 +58,17 @@ def pgd(
     eps and alpha are in pixel units ([0, 1] images): L-inf radius, or L2 radius of the whole image.
     alpha defaults to ``2.5 * eps / steps``. Returns normalised adversarial inputs.
     """
-    if norm not in ("linf", "l2"):
-        raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    if not eps >= 0:
-        raise ValueError(f"eps must be >= 0 in pixel units (for example 8/255), got {eps}")
-    if alpha is not None and not alpha > 0:
-        raise ValueError(f"alpha must be > 0 in pixel units, got {alpha}")
-    space = _space_or_raise(model, input_space)
+    choice("norm", norm, ("linf", "l2"))
+    integer("steps", steps)
+    eps = pixel_budget("eps", eps, norm)
+    if alpha is not None:
+        number("alpha (pixel units)", alpha, 0.0, strict=True)
+    space = space_or_raise(model, input_space)
     check_images(x, space)
     check_model_ready(model)
     with torch.no_grad():
         num_classes = model(x[:1]).shape[1]
-    y = check_targets(y, x.shape[0], num_classes, x.device)
+    y = check_targets(y, x.shape[0], num_classes, x.device, "y")
     alpha = 2.5 * eps / steps if alpha is None else alpha
     return run_pgd(model, x, y, space, eps, alpha, steps, norm, random_start, generator)
 

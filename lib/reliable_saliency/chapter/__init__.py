@@ -1,0 +1,1 @@
+"""What every chapter shares: the papermill runner, image selection, figures in one style."""

@@ -1,0 +1,15 @@
+"""Evaluations that run the model: faithfulness (deletion / insertion, retrieval), robustness
+(max-sensitivity), sanity (model randomisation). They sit above :mod:`..attacks`, so an
+evaluation may run an attack (paper C's reliability measure does).
+
+Model inputs are normalised ``x`` (N, C, H, W); the model runs without changing its mode, with all
+steps / samples of all images on the batch axis in chunks of at most ``batch_size``."""
+
+from .faithfulness import SUBSTRATES, deletion_auc, insertion_auc, retrieval
+from .robustness import max_sensitivity
+from .sanity import model_randomisation, randomize_parameters
+
+__all__ = [
+    "SUBSTRATES", "deletion_auc", "insertion_auc", "retrieval", "max_sensitivity",
+    "randomize_parameters", "model_randomisation",
+]

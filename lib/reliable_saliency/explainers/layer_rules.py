@@ -1,0 +1,161 @@
+"""Methods that act on layers through hooks: Grad-CAM, guided backpropagation, LRP-epsilon."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..core.batching import chunk_ranges, resolve_batch_size
+from ..core.hooks import forward_hooks, leaf_modules
+from ..core.options import number
+from .objective import Objective, batched_gradient, graph_input
+from .registry import register
+
+__all__ = ["gradcam", "guided_backprop", "lrp_epsilon"]
+
+
+def _resolve_layer(model: nn.Module, layer) -> nn.Module:
+    if isinstance(layer, str):
+        try:
+            return model.get_submodule(layer)
+        except AttributeError:
+            raise ValueError(
+                f"model has no submodule {layer!r}; use a dotted name from model.named_modules(), "
+                f"for example {[n for n, _ in model.named_modules() if n][-3:]}"
+            ) from None
+    if isinstance(layer, nn.Module):
+        if not any(layer is m for m in model.modules()):
+            raise ValueError("layer is a module that is not part of the model")
+        return layer
+    raise TypeError(f"layer must be an nn.Module of the model or a dotted name, got {type(layer).__name__}")
+
+
+def _last_spatial_layer(model: nn.Module, x: Tensor) -> nn.Module:
+    """The leaf module whose 4-D output with H*W > 1 comes last in a forward pass of x[:1]."""
+    last: list[nn.Module] = []
+
+    def record(module, args, out):
+        if isinstance(out, Tensor) and out.dim() == 4 and out.shape[2] * out.shape[3] > 1:
+            last.append(module)
+
+    with forward_hooks(leaf_modules(model), record), torch.no_grad():
+        model(x[:1].detach())
+    if not last:
+        raise ValueError("gradcam found no layer with a spatial (N, C, h, w) output; pass layer=")
+    return last[-1]
+
+
+@register("gradcam")
+def gradcam(
+    model, x, target, *, create_graph=False, generator=None, batch_size=None, output="logit", layer=None,
+) -> Tensor:
+    """Grad-CAM (Selvaraju et al.): ReLU(sum_k mean(dS/dA_k) A_k) at ``layer``, bilinearly upsampled
+    (align_corners=False) to the input size. Returns (N, 1, H, W).
+
+    ``layer``: a module of the model or its dotted name (``"features.6"``); it must run once per
+    forward pass and output (N, K, h, w). Default: the last leaf module with a spatial output.
+    """
+    objective = Objective(model, x, target, output)
+    batch_size = resolve_batch_size(batch_size, x)
+    module = _last_spatial_layer(model, x) if layer is None else _resolve_layer(model, layer)
+    source = graph_input(x, create_graph)
+    captured: list[Tensor] = []
+
+    def capture(mod, args, out):
+        if not isinstance(out, Tensor) or out.dim() != 4:
+            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"gradcam layer must output a (N, K, h, w) tensor, got {shape}")
+        if not out.requires_grad:  # no upstream graph (input and parameters frozen)
+            out = out.detach().requires_grad_(True)
+        captured.append(out)
+        return out.clone()  # later in-place ops (ReLU(inplace=True)) must not change the captured A
+
+    maps = []
+    with forward_hooks([module], capture):
+        for a, b in chunk_ranges(x.shape[0], batch_size):
+            captured.clear()
+            inputs = source[a:b]
+            with torch.enable_grad():
+                score = objective.scores(inputs, objective.target[a:b]).sum()
+                if len(captured) != 1:
+                    raise ValueError(
+                        f"gradcam layer ran {len(captured)} times in one forward pass; choose a module "
+                        f"that runs exactly once (for example the block that contains it)"
+                    )
+                (activation,) = captured
+                (grad,) = torch.autograd.grad(
+                    score, activation, create_graph=create_graph, allow_unused=True, materialize_grads=True
+                )
+            if not create_graph:
+                activation = activation.detach()
+            weights = grad.mean(dim=(2, 3), keepdim=True)
+            cam = F.relu((weights * activation).sum(dim=1, keepdim=True))
+            maps.append(F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False))
+    captured.clear()
+    return maps[0] if len(maps) == 1 else torch.cat(maps)
+
+
+def _output_rule(model, objective: Objective, types, rule, what: str):
+    """A context manager: forward hooks on modules of ``types`` that register ``rule(grad,
+    output)`` as a gradient hook on their outputs, applied only while ``objective`` computes its
+    input gradient."""
+    modules = [m for m in model.modules() if isinstance(m, types)]
+    if not modules:
+        names = ", ".join(t.__name__ for t in types)
+        raise ValueError(
+            f"{what} found no {names} module in the model; functional calls (F.relu, F.conv2d) "
+            f"cannot be hooked, use module layers"
+        )
+
+    def forward_hook(module, args, out):
+        if isinstance(out, Tensor) and out.requires_grad:
+            out.register_hook(lambda grad: rule(grad, out) if objective.rules_active else None)
+
+    return forward_hooks(modules, forward_hook)
+
+
+@register("guided_backprop")
+def guided_backprop(
+    model, x, target, *, create_graph=False, generator=None, batch_size=None, output="logit"
+) -> Tensor:
+    """Guided backpropagation (Springenberg et al.): the gradient with negative gradients zeroed at
+    the output of every ``nn.ReLU`` (and ``nn.Softplus``, for smoothed models) module. Shape of ``x``."""
+    objective = Objective(model, x, target, output)
+    batch_size = resolve_batch_size(batch_size, x)
+    with _output_rule(model, objective, (nn.ReLU, nn.Softplus), _guided_rule, "guided_backprop"):
+        return batched_gradient(objective, graph_input(x, create_graph), create_graph, batch_size)
+
+
+def _guided_rule(grad: Tensor, out: Tensor) -> Tensor:
+    return grad.clamp(min=0)
+
+
+_LRP_LINEAR = (
+    nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.modules.batchnorm._BatchNorm,
+)
+
+
+@register("lrp_epsilon")
+def lrp_epsilon(
+    model, x, target, *, create_graph=False, generator=None, batch_size=None, epsilon=1e-6
+) -> Tensor:
+    """LRP with the epsilon rule (Bach et al.) in every linear layer, relevance of the target logit.
+
+    Each Linear / Conv / AvgPool / BatchNorm layer with output z redistributes relevance
+    ``R_in = a * W^T (R_out / (z + epsilon * sign(z)))`` (sign(0) = +1; biases absorb relevance);
+    ReLU and max-pooling pass relevance like the gradient (winner takes all), as in zennit.
+    Implemented as gradient times input with the gradient at each such layer scaled by
+    ``z / (z + epsilon * sign(z))``; with a tiny epsilon it equals grad_x_input on ReLU networks.
+    """
+    objective = Objective(model, x, target, "logit")
+    batch_size = resolve_batch_size(batch_size, x)
+    epsilon = number("epsilon", epsilon)
+
+    def epsilon_rule(grad, z):
+        return grad * (z / torch.where(z >= 0, z + epsilon, z - epsilon))
+
+    with _output_rule(model, objective, _LRP_LINEAR, epsilon_rule, "lrp_epsilon"):
+        source = graph_input(x, create_graph)
+        return batched_gradient(objective, source, create_graph, batch_size) * source
