@@ -1,5 +1,5 @@
 # The two commands: `make book` (execute every chapter at the book profile, build the HTML book)
-# and `make test` (unit tests, notebooks validated with nbval at the smoke profile, strict build).
+# and `make test` (unit tests, each chapter executed once by nbval at the smoke profile, strict build).
 # Both create the environment in $(ENV_DIR) when it is missing.
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -51,17 +51,22 @@ test: unit nbval smoke-book
 unit: env
 	$(BIN)/python -m pytest tests -q
 
+# Every chapter runs once at the smoke profile: papermill injects the parameters (--prepare-only,
+# nothing executed), nbval executes and validates each cell, and the nbval_capture plugin keeps
+# the outputs (chapters with every cell passed and at least one figure) for the strict build.
+# Claims go to $(SMOKE_DIR)/book/claims, so the book-profile files in book/ are never touched.
 nbval: notebooks
-	$(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env $(NOTEBOOKS)
-
-# The strict book build (warnings are errors) on chapters executed at the smoke profile,
-# in a copy of the book sources so the book-profile chapters in book/chapters are not touched.
-smoke-book: notebooks
-	rm -rf $(SMOKE_DIR) && mkdir -p $(SMOKE_DIR)/book/chapters
-	cp -r _config.yml _toc.yml $(SMOKE_DIR)/ && cp book/*.md book/*.bib $(SMOKE_DIR)/book/
+	rm -rf $(SMOKE_DIR) && mkdir -p $(SMOKE_DIR)/prepared $(SMOKE_DIR)/book/chapters $(SMOKE_DIR)/book/claims
 	for nb in $(NOTEBOOKS); do \
-	  $(BIN)/python -m reliable_saliency.chapter.run $$nb $(SMOKE_DIR)/book/chapters --profile smoke || exit 1; \
+	  $(BIN)/papermill --prepare-only --log-level WARNING -k python3 -p profile smoke $$nb $(SMOKE_DIR)/prepared/$$(basename $$nb) || exit 1; \
 	done
+	RELIABLE_SALIENCY_CLAIMS_DIR=$(CURDIR)/$(SMOKE_DIR)/book/claims $(BIN)/python -m pytest -q -p no:cacheprovider \
+	  -p reliable_saliency.chapter.nbval_capture --chapters-out $(SMOKE_DIR)/book/chapters \
+	  --nbval-lax --nbval-current-env $(SMOKE_DIR)/prepared/*.ipynb
+
+# The strict book build (warnings are errors) on the chapters nbval executed at the smoke profile.
+smoke-book: nbval
+	cp -r _config.yml _toc.yml $(SMOKE_DIR)/ && cp book/*.md book/*.bib $(SMOKE_DIR)/book/
 	$(BIN)/jupyter-book build --quiet -W -n --keep-going $(SMOKE_DIR)
 
 # Re-pin every package from the current environment.

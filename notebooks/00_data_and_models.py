@@ -40,18 +40,22 @@ import seaborn as sns
 import torch
 
 from reliable_saliency import data
-from reliable_saliency.core import experiment, inputs
-from reliable_saliency.training import zoo
 from reliable_saliency.attacks import pgd
+from reliable_saliency.chapter.figures import show, use_book_style
+from reliable_saliency.claims import Ledger
+from reliable_saliency.core import experiment, inputs
 from reliable_saliency.models import efficientnet_lite0
-from reliable_saliency.training import evaluate
+from reliable_saliency.training import correct_per_image, zoo
 
 settings = experiment.resolve_profile(profile, eval_images=eval_images, imagenet_images=imagenet_images,
                                       pgd_steps=pgd_steps)
 run_device = experiment.pick_device(device)
 experiment.seed_everything(seed)
+use_book_style()
 cifar_test = data.load_cifar10("test")
-print(experiment.provenance(settings, run_device, cifar_test.source, seed))
+run = experiment.start_run("00_data_and_models", settings, run_device, cifar_test.source, seed)
+ledger = Ledger(run)
+print(run.line())
 
 # %% [markdown]
 # ## The datasets
@@ -78,14 +82,12 @@ pd.DataFrame(
 ).set_index("dataset")
 
 # %%
-fig, axes = plt.subplots(len(datasets), 8, figsize=(12, 1.6 * len(datasets)))
+fig, axes = plt.subplots(len(datasets), 8, figsize=(13, 1.8 * len(datasets)))
 for row, (name, dataset) in zip(axes, datasets.items()):
     picked = dataset.sample(8, seed=seed)
     for ax, image, label in zip(row, picked.images, picked.labels):
-        ax.imshow(image.permute(1, 2, 0).squeeze(-1), cmap="gray" if image.shape[0] == 1 else None)
-        ax.set_title(picked.classes[label][:14], fontsize=7)
-        ax.axis("off")
-    row[0].text(-0.1, 0.5, name, transform=row[0].transAxes, ha="right", va="center", fontsize=8)
+        show(ax, image.float() / 255, picked.classes[label][:14])
+    row[0].set_ylabel(name, rotation=0, ha="right", va="center")
 plt.tight_layout()
 plt.show()
 
@@ -102,7 +104,7 @@ for ax, image, box, mask, label in zip(axes, shapes.images, shapes.boxes, shapes
     ax.contour(mask.float(), levels=[0.5], colors="white", linewidths=0.8)
     y0, x0, y1, x1 = box.tolist()
     ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, color="red", lw=1))
-    ax.set_title(shapes.classes[label], fontsize=8)
+    ax.set_title(shapes.classes[label])
     ax.axis("off")
 plt.show()
 
@@ -120,7 +122,7 @@ plt.show()
 
 # %%
 attacked = cifar_test.sample(settings.eval_images, seed=seed)
-rows, trained = [], {}
+rows, trained, clean_correct, pgd_correct = [], {}, {}, {}
 for name in models:
     started = time.perf_counter()
     model = zoo.load_model(name, settings.name, device=run_device)
@@ -132,10 +134,15 @@ for name in models:
         "train images": info["train_images"],
         "epochs": len(info["history"]),
         "train minutes": round(info["train_seconds"] / 60, 1),
-        "clean accuracy (10,000 test)": evaluate(model, cifar_test, device=run_device),
-        "clean accuracy (lossless 300)": evaluate(model, datasets["CIFAR-10 lossless test subset"], device=run_device),
-        f"PGD-{settings.pgd_steps} accuracy ({len(attacked)} test)": evaluate(
-            model, attacked, device=run_device, pgd_eps=pgd_eps, pgd_steps=settings.pgd_steps, seed=seed),
+    })
+    clean_correct[name] = correct_per_image(model, cifar_test, device=run_device).float()
+    pgd_correct[name] = correct_per_image(model, attacked, device=run_device, pgd_eps=pgd_eps,
+                                          pgd_steps=settings.pgd_steps, seed=seed).float()
+    rows[-1].update({
+        f"clean accuracy ({len(cifar_test):,} test)": clean_correct[name].mean().item(),
+        "clean accuracy (lossless 300)": correct_per_image(
+            model, datasets["CIFAR-10 lossless test subset"], device=run_device).float().mean().item(),
+        f"PGD-{settings.pgd_steps} accuracy ({len(attacked)} test)": pgd_correct[name].mean().item(),
         "seconds here": round(time.perf_counter() - started, 1),
     })
 accuracy_table = pd.DataFrame(rows).set_index("model")
@@ -143,10 +150,11 @@ accuracy_table
 
 # %%
 pgd_column = [c for c in accuracy_table.columns if c.startswith("PGD")][0]
-long = accuracy_table[["clean accuracy (10,000 test)", pgd_column]].rename(
-    columns={"clean accuracy (10,000 test)": "clean", pgd_column: f"PGD eps={pgd_eps * 255:.0f}/255"}
+clean_column = [c for c in accuracy_table.columns if c.startswith("clean accuracy (") and "lossless" not in c][0]
+long = accuracy_table[[clean_column, pgd_column]].rename(
+    columns={clean_column: "clean", pgd_column: f"PGD eps={pgd_eps * 255:.0f}/255"}
 ).reset_index().melt(id_vars="model", var_name="evaluation", value_name="accuracy")
-plt.figure(figsize=(6, 3))
+plt.figure(figsize=(7, 3.5))
 sns.barplot(long, x="model", y="accuracy", hue="evaluation")
 plt.ylim(0, 1)
 plt.title(f"CIFAR-10 accuracy ({settings.name} profile)")
@@ -155,25 +163,25 @@ plt.show()
 # %% [markdown]
 # ### Checks on the models
 #
-# The book needs a natural model that is reasonably accurate (at least 70% test accuracy at the
-# `book` profile) and an adversarially trained one that is clearly more robust under PGD. These
-# verdicts are computed from the table above; at the `smoke` profile the models are trained for
-# seconds and the verdicts say nothing.
+# The book needs a natural model that is reasonably accurate (at least 70% test accuracy) and an
+# adversarially trained one that is clearly more robust under PGD. Each check is a row of the
+# chapter's claims ledger: the mean over images with a 95% bootstrap interval, and a verdict from
+# one rule (the whole interval above the threshold: *holds*; entirely at or below: *does not hold*;
+# straddling it: *inconclusive*). At the `smoke` profile the models train for seconds and the
+# verdicts say nothing.
 
 # %%
-def verdict(holds: bool) -> str:
-    word = "holds" if holds else "DOES NOT HOLD"
-    return f"{word} (smoke profile: not a result)" if settings.name == "smoke" else word
-
-
-natural, robust = accuracy_table.loc["lenet_natural"], accuracy_table.loc["lenet_fgsm"]
-print(f"[{settings.name} profile, {len(cifar_test)} test images] natural LeNet clean accuracy "
-      f"{natural['clean accuracy (10,000 test)']:.1%} >= 70%: "
-      f"{verdict(natural['clean accuracy (10,000 test)'] >= 0.70)}")
-print(f"[{settings.name} profile, {len(attacked)} test images, PGD-{settings.pgd_steps} eps {pgd_eps * 255:.0f}/255] "
-      f"adversarially trained {robust[pgd_column]:.1%} vs natural {natural[pgd_column]:.1%} under PGD: "
-      f"more robust by {100 * (robust[pgd_column] - natural[pgd_column]):.1f} points: "
-      f"{verdict(robust[pgd_column] > natural[pgd_column] + 0.10)} (threshold: +10 points)")
+ledger.test(
+    "B0.1", paper="book", claim="The natural LeNet reaches at least 70% test accuracy.",
+    measured="correct (1) or not (0) per test image", setting=f"{len(cifar_test):,} test images",
+    parts={"lenet_natural": clean_correct["lenet_natural"]}, threshold=0.70)
+ledger.test(
+    "B0.2", paper="book",
+    claim="The FGSM-trained LeNet is at least 10 points more accurate than the natural one under PGD.",
+    measured="correct under PGD, FGSM-trained minus natural, per image (same images, same attack seed)",
+    setting=f"PGD-{settings.pgd_steps}, eps {pgd_eps * 255:.0f}/255, random start, {len(attacked)} test images",
+    parts={"lenet_fgsm - lenet_natural": (pgd_correct["lenet_fgsm"], pgd_correct["lenet_natural"])}, threshold=0.10)
+ledger.table()
 
 # %% [markdown]
 # A few attacked test images with the predictions of both models, clean and under PGD:
@@ -190,10 +198,9 @@ for row, name in zip(axes, models):
     with torch.no_grad():
         clean_pred, adv_pred = model(x).argmax(1).cpu(), model(x_adv).argmax(1).cpu()
     for ax, image, label, c, a in zip(row, inputs.CIFAR10.denormalize(x_adv).cpu(), shown.labels, clean_pred, adv_pred):
-        ax.imshow(image.clamp(0, 1).permute(1, 2, 0))
-        ax.set_title(f"true {shown.classes[label]}\nclean {shown.classes[c]}\nPGD {shown.classes[a]}", fontsize=7)
-        ax.axis("off")
-    row[0].text(-0.1, 0.5, name, transform=row[0].transAxes, ha="right", va="center", fontsize=8)
+        show(ax, image, f"true {shown.classes[label]}\nclean {shown.classes[c]}\nPGD {shown.classes[a]}")
+        ax.title.set_fontsize(9)
+    row[0].set_ylabel(name, rotation=0, ha="right", va="center")
 plt.tight_layout()
 plt.show()
 
@@ -210,32 +217,55 @@ plt.show()
 lite = efficientnet_lite0().to(run_device)
 
 
-def imagenet_accuracy(images: data.ImageSet, space: inputs.InputSpace) -> tuple[float, float]:
-    correct1 = correct5 = 0
+def imagenet_hits(images: data.ImageSet, space: inputs.InputSpace) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image: is the label the top-1, and among the top-5 predictions."""
+    top1, top5 = [], []
     with torch.no_grad():
         for start in range(0, len(images), 50):
             x = space.normalize(images.images[start:start + 50].to(run_device))
-            top5 = lite(x).topk(5, dim=1).indices.cpu()
+            best = lite(x).topk(5, dim=1).indices.cpu()
             y = images.labels[start:start + 50]
-            correct1 += int((top5[:, 0] == y).sum())
-            correct5 += int((top5 == y[:, None]).any(1).sum())
-    return correct1 / len(images), correct5 / len(images)
+            top1.append(best[:, 0] == y)
+            top5.append((best == y[:, None]).any(1))
+    return torch.cat(top1).float(), torch.cat(top5).float()
 
 
 imagenet_sets = {
     f"ImageNet samples ({settings.imagenet_images})": datasets["ImageNet samples"].sample(settings.imagenet_images, seed=seed),
     "ImageNet val-37": datasets["ImageNet val-37"],
 }
-rows = []
+rows, hits = [], {}
 for set_name, images in imagenet_sets.items():
     for space in (inputs.EFFICIENTNET_LITE, inputs.IMAGENET):
-        top1, top5 = imagenet_accuracy(images, space)
-        rows.append({"images": set_name, "input scaling": space.name, "top-1": top1, "top-5": top5})
+        top1, top5 = hits[set_name, space.name] = imagenet_hits(images, space)
+        rows.append({"images": set_name, "input scaling": space.name, "top-1": top1.mean().item(),
+                     "top-5": top5.mean().item()})
 imagenet_table = pd.DataFrame(rows).set_index(["images", "input scaling"])
 imagenet_table
 
 # %%
-lite_top1 = imagenet_table.loc[(next(iter(imagenet_sets)), "efficientnet-lite"), "top-1"]
-print(f"[{settings.name} profile, {settings.imagenet_images} ImageNet sample images] EfficientNet-Lite0 top-1 "
-      f"{lite_top1:.1%} (expected about 89% on all 1,000): "
-      f"{verdict(abs(lite_top1 - 0.89) <= 0.04) if settings.imagenet_images >= 500 else 'too few images to judge'}")
+samples = next(iter(imagenet_sets))
+own, usual = hits[samples, "efficientnet-lite"][0], hits[samples, "imagenet"][0]
+ledger.test(
+    "B0.3", paper="book (offline data README)",
+    claim="EfficientNet-Lite0 with its own input scaling reaches at least 85% top-1 on the ImageNet sample images.",
+    measured="top-1 correct per image", setting=f"{len(own)} ImageNet sample images (one per class)",
+    parts={"EfficientNet-Lite0": own}, threshold=0.85)
+ledger.test(
+    "B0.4", paper="book (offline data README)",
+    claim="Its own (x*255 - 127)/128 scaling is more accurate than the usual ImageNet mean/std scaling.",
+    measured="top-1 correct per image, own scaling minus mean/std scaling (same images)",
+    setting=f"{len(own)} ImageNet sample images", parts={"EfficientNet-Lite0": (own, usual)}, threshold=0.0)
+ledger.table()
+
+# %% [markdown]
+# ## What this chapter found
+#
+# Computed from the claims ledger above (also written to `book/claims/00_data_and_models.json`
+# and gathered on the "Verdicts at a glance" page).
+
+# %%
+from IPython.display import Markdown
+
+ledger.save()
+Markdown(ledger.summary() + f"\n\n{run.line()}")

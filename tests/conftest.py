@@ -1,4 +1,7 @@
-"""Shared fixtures: seeded generators, the offline data root, an isolated cache, tiny datasets."""
+"""Shared fixtures: seeded generators, the offline data root, an isolated cache, tiny datasets.
+
+They serve every test folder (tests/core, tests/explainers, ...); folder-specific fixtures live in
+that folder's conftest.py, and shared plain helpers in the :mod:`helpers` package next to this file."""
 
 from __future__ import annotations
 
@@ -13,6 +16,9 @@ SHARED_DATA = Path(os.environ.get("RELIABLE_SALIENCY_DATA", Path(__file__).resol
 # Test models are tiny: one intra-op thread is fastest and avoids OpenMP threads waiting on each
 # other on a shared 2-core machine (measured: 20-100 s vs 6 s for the explainer tests).
 torch.set_num_threads(1)
+
+# The helpers hold assertions (e.g. helpers.attacks.assert_in_ball): rewrite them like test code.
+pytest.register_assert_rewrite("helpers")
 
 
 @pytest.fixture
@@ -38,21 +44,10 @@ def isolated_cache(tmp_path, monkeypatch) -> Path:
     return cache
 
 
-def write_jpeg_folder(root: Path, classes, per_class: int, size: int = 32, seed: int = 0) -> None:
-    """An ImageFolder of random JPEGs: root/<class>/<index>.jpg."""
-    import torchvision.io as io
-
-    generator = torch.Generator().manual_seed(seed)
-    for name in classes:
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            image = torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=generator)
-            io.write_jpeg(image, str(root / name / f"{i:04d}.jpg"), quality=90)
-
-
 @pytest.fixture
 def tiny_cifar_root(tmp_path, monkeypatch) -> Path:
     """A data root holding a tiny CIFAR-10-shaped JPEG copy (4 train, 2 test images per class)."""
+    from helpers import write_jpeg_folder
     from reliable_saliency.data import CIFAR10_CLASSES
 
     root = tmp_path / "data"

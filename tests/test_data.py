@@ -62,11 +62,12 @@ def test_loader_on_tiny_generated_folder(tiny_cifar_root, isolated_cache):
     train = data.load_cifar10("train")
     assert train.images.shape == (40, 3, 32, 32)
     assert torch.bincount(train.labels).tolist() == [4] * 10
-    assert str(tiny_cifar_root) in train.source
+    assert train.location == str(tiny_cifar_root / "cifar10-jpeg" / "train")
+    assert str(tiny_cifar_root) not in train.source  # published: named by kind, never by path
 
 
 def test_image_folder_resizes_mixed_sizes(tmp_path):
-    from conftest import write_jpeg_folder
+    from helpers import write_jpeg_folder
 
     write_jpeg_folder(tmp_path / "a", ["x"], 1, size=300)
     write_jpeg_folder(tmp_path / "a", ["y"], 1, size=260)
@@ -112,14 +113,3 @@ def test_unknown_dataset_and_split():
         data.load_dataset("cifar100")
     with pytest.raises(ValueError, match="'train' or 'test'"):
         data.load_cifar10("validation")
-
-
-def test_input_space_round_trip_and_eps():
-    images = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
-    x = inputs.CIFAR10.normalize(images)
-    assert torch.allclose(inputs.CIFAR10.denormalize(x), images / 255.0, atol=1e-6)
-    eps = inputs.CIFAR10.eps(8 / 255, x).flatten()
-    assert torch.allclose(eps, torch.tensor([8 / 255 / s for s in inputs.CIFAR10.std]))
-    inputs.CIFAR10.check(x)
-    with pytest.raises(ValueError, match="outside the valid range"):
-        inputs.CIFAR10.check(inputs.CIFAR10.normalize(x))  # normalised twice

@@ -49,8 +49,10 @@ class DatasetNotFoundError(FileNotFoundError):
 
 @dataclass
 class ImageSet:
-    """uint8 images (N, C, H, W), int64 labels (N,), class names, where they came from, and the
-    input space models trained on them use. ``boxes`` (N, 4) as (y0, x0, y1, x1), end-exclusive,
+    """uint8 images (N, C, H, W), int64 labels (N,), class names, their ``source`` named by kind
+    (never by a machine's path, so it can be published), the folder they were read from
+    (``location``, for debugging on this machine), and the input space models trained on them
+    use. ``boxes`` (N, 4) as (y0, x0, y1, x1), end-exclusive,
     and ``masks`` (N, H, W) mark ground-truth relevant pixels where known (synthetic data)."""
 
     images: Tensor
@@ -61,6 +63,7 @@ class ImageSet:
     boxes: Tensor | None = None
     masks: Tensor | None = None
     extras: dict = field(default_factory=dict)
+    location: str = ""
 
     def __post_init__(self):
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
@@ -75,7 +78,7 @@ class ImageSet:
         """The images at ``index`` (a slice, a LongTensor or a list of ints)."""
         pick = lambda t: None if t is None else t[index]  # noqa: E731
         return ImageSet(pick(self.images), pick(self.labels), self.classes, self.source,
-                        self.input_space, pick(self.boxes), pick(self.masks), dict(self.extras))
+                        self.input_space, pick(self.boxes), pick(self.masks), dict(self.extras), self.location)
 
     def sample(self, n: int, seed: int = 0) -> ImageSet:
         """``n`` images drawn without replacement by a seeded permutation (class-balanced in
@@ -218,7 +221,8 @@ def load_cifar10(split: str = "test", download: bool = False) -> ImageSet:
         dataset = torchvision.datasets.CIFAR10(str(root), train=split == "train", download=False)
         images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
         labels = torch.tensor(dataset.targets, dtype=torch.long)
-        return ImageSet(images, labels, CIFAR10_CLASSES, f"official CIFAR-10 {split} ({folder})", inputs.CIFAR10)
+        return ImageSet(images, labels, CIFAR10_CLASSES, f"official CIFAR-10 {split}", inputs.CIFAR10,
+                        location=str(folder))
 
     def build():
         images, labels, classes, _ = load_image_folder(folder)
@@ -228,8 +232,8 @@ def load_cifar10(split: str = "test", download: bool = False) -> ImageSet:
 
     count = sum(1 for _ in folder.rglob("*.jpg"))
     data = _cached(f"cifar10-jpeg-{split}-{count}", build)
-    source = f"offline CIFAR-10 JPEG copy {split} ({folder}; JPEG quality ~75, not bit-identical)"
-    return ImageSet(data["images"], data["labels"], CIFAR10_CLASSES, source, inputs.CIFAR10)
+    source = f"offline CIFAR-10 JPEG copy {split} (JPEG quality ~75, not bit-identical)"
+    return ImageSet(data["images"], data["labels"], CIFAR10_CLASSES, source, inputs.CIFAR10, location=str(folder))
 
 
 def load_cifar10_lossless() -> ImageSet:
@@ -240,7 +244,8 @@ def load_cifar10_lossless() -> ImageSet:
     with np.load(path) as archive:
         images = torch.from_numpy(archive["x"]).permute(0, 3, 1, 2).contiguous()
         labels = torch.from_numpy(archive["y"]).long()
-    return ImageSet(images, labels, CIFAR10_CLASSES, f"lossless CIFAR-10 test subset ({path})", inputs.CIFAR10)
+    return ImageSet(images, labels, CIFAR10_CLASSES, "lossless CIFAR-10 test subset (300 exact images)",
+                    inputs.CIFAR10, location=str(path))
 
 
 # ------------------------------------------------------------------------------------------- MNIST
@@ -267,7 +272,7 @@ def load_mnist(split: str = "test", download: bool = False) -> ImageSet:
     x = torch.from_numpy(_read_idx(folder / f"{prefix}-images-idx3-ubyte.gz").copy())[:, None]
     y = torch.from_numpy(_read_idx(folder / f"{prefix}-labels-idx1-ubyte.gz").astype(np.int64))
     classes = tuple(str(i) for i in range(10))
-    return ImageSet(x, y, classes, f"official MNIST {split} ({folder})", inputs.MNIST)
+    return ImageSet(x, y, classes, f"official MNIST {split}", inputs.MNIST, location=str(folder))
 
 
 # ---------------------------------------------------------------------------------------- ImageNet
@@ -308,7 +313,8 @@ def load_imagenet(which: str = "samples", size: int = 224) -> ImageSet:
     count = sum(1 for _ in folder.rglob("*.JPEG"))
     data = _cached(f"imagenet-{which}-{size}-{count}", build)
     classes = tuple(name for _, name in names)
-    return ImageSet(data["images"], data["labels"], classes, f"ImageNet {which} ({folder})", inputs.IMAGENET)
+    return ImageSet(data["images"], data["labels"], classes, f"ImageNet {which} (offline copy)", inputs.IMAGENET,
+                    location=str(folder))
 
 
 # --------------------------------------------------------------------------------------- synthetic

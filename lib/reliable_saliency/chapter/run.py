@@ -4,7 +4,8 @@
         --profile book -p eval_images 200 -p device cuda
 
 The output notebook is written only when the run succeeds (atomically), so a failed run never
-leaves a half-executed chapter in the book.
+leaves a half-executed chapter in the book. The chapter's claims ledger goes to ``claims/`` beside
+the output folder (``book/chapters`` -> ``book/claims``), through ``$RELIABLE_SALIENCY_CLAIMS_DIR``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,29 @@ import sys
 import time
 from pathlib import Path
 
+from ..claims import CLAIMS_DIR_ENV
 from ..core.experiment import PROFILES, atomic_write
+
+__all__ = ["main", "claims_dir_for", "count_figures"]
+
+
+def claims_dir_for(chapters_dir: Path) -> Path:
+    """Where the claims of chapters executed into ``chapters_dir`` go: its sibling ``claims/``."""
+    return Path(chapters_dir).resolve().parent / "claims"
+
+
+def count_figures(notebook) -> int:
+    """PNG figures among a notebook's outputs; every chapter draws some, so none means a broken
+    plotting backend (a non-inline MPLBACKEND)."""
+    return sum("image/png" in output.get("data", {})
+               for cell in notebook["cells"] for output in cell.get("outputs", []))
+
+
+def no_figure_error(name: str) -> RuntimeError:
+    return RuntimeError(
+        f"{name} produced no figure; is MPLBACKEND set to a non-inline backend "
+        f"(it is {os.environ.get('MPLBACKEND')!r})? Unset it and run again."
+    )
 
 
 def _literal(text: str):
@@ -36,24 +59,26 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.notebook.exists():
         parser.error(f"{args.notebook} does not exist (run `make notebooks` to create the paired .ipynb)")
+    import nbformat
     import papermill
 
     parameters = {"profile": args.profile, **{name: _literal(value) for name, value in args.parameter}}
     output = args.output_dir / args.notebook.name
     started = time.perf_counter()
     print(f"executing {args.notebook} -> {output} with {parameters}", flush=True)
+    os.environ[CLAIMS_DIR_ENV] = str(claims_dir_for(args.output_dir))  # inherited by the kernel
+
     def execute(tmp: Path) -> None:
         executed = papermill.execute_notebook(
             str(args.notebook), str(tmp), parameters=parameters, cwd=str(args.notebook.parent),
             progress_bar=False, report_mode=False,
         )
-        figures = sum("image/png" in output.get("data", {})
-                      for cell in executed["cells"] for output in cell.get("outputs", []))
-        if figures == 0:  # every chapter draws figures: none means a broken plotting backend
-            raise RuntimeError(
-                f"{args.notebook.name} produced no figure; is MPLBACKEND set to a non-inline backend "
-                f"(it is {os.environ.get('MPLBACKEND')!r})? Unset it and run again."
-            )
+        figures = count_figures(executed)
+        if figures == 0:
+            raise no_figure_error(args.notebook.name)
+        # papermill records absolute paths of this machine; the published chapter names files only
+        executed.metadata.papermill.update(input_path=args.notebook.name, output_path=output.name)
+        nbformat.write(executed, str(tmp))
         print(f"{args.notebook.name}: {figures} figures", flush=True)
 
     atomic_write(output, execute)

@@ -1,7 +1,7 @@
 """Profiles (how big a run is), seeding, device choice, provenance and atomic file writes.
 
 Every chapter resolves its sizes through :func:`resolve_profile`, so ``smoke`` / ``book`` /
-``paper`` mean the same thing everywhere, and starts with :func:`provenance`.
+``paper`` mean the same thing everywhere, and records what produced it with :func:`start_run`.
 """
 
 from __future__ import annotations
@@ -11,9 +11,12 @@ import hashlib
 import os
 import platform
 import random
+import re
 import subprocess
 import tempfile
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +31,8 @@ __all__ = [
     "seed_everything",
     "pick_device",
     "library_hash",
-    "provenance",
+    "Run",
+    "start_run",
     "cache_dir",
     "atomic_write",
     "atomic_torch_save",
@@ -113,14 +117,58 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def provenance(profile: Profile | str, device, data_source: str, seed: int) -> str:
-    """One line naming everything that produced a chapter's numbers."""
-    name = profile.name if isinstance(profile, Profile) else profile
-    return (
-        f"profile={name} | device={device} | data={data_source} | seed={seed} | "
-        f"reliable_saliency {__version__} (sources {library_hash()}, git {_git_commit()}) | "
-        f"torch {torch.__version__} | python {platform.python_version()}"
-    )
+def _named_by_kind(data_source: str) -> str:
+    if re.search(r"(^|[\s(])(/[^\s/]+/|~/|[A-Za-z]:\\)", data_source):
+        raise ValueError(
+            f"data_source {data_source!r} contains a path; name the data by kind (ImageSet.source, "
+            f"for example 'offline CIFAR-10 JPEG copy test'), the published book must not show a "
+            f"machine's paths"
+        )
+    return data_source
+
+
+@dataclass
+class Run:
+    """What produced a chapter's numbers: profile, device, data (by kind, never a path), seed,
+    library sources hash, git commit, versions, start time; :meth:`line` adds the wall time so far."""
+
+    chapter: str
+    profile: Profile
+    device: str
+    data_source: str
+    seed: int
+    started_at: str
+    started: float = field(repr=False)
+
+    @property
+    def wall_seconds(self) -> float:
+        return time.perf_counter() - self.started
+
+    def as_dict(self) -> dict:
+        return {
+            "chapter": self.chapter, "profile": self.profile.name, "device": self.device,
+            "data": self.data_source, "seed": self.seed, "library": __version__,
+            "sources": library_hash(), "git": _git_commit(), "torch": torch.__version__,
+            "python": platform.python_version(), "threads": torch.get_num_threads(),
+            "started": self.started_at, "wall_seconds": round(self.wall_seconds, 1),
+        }
+
+    def line(self) -> str:
+        d = self.as_dict()
+        return (
+            f"profile={d['profile']} | device={d['device']} | data={d['data']} | seed={d['seed']} | "
+            f"reliable_saliency {d['library']} (sources {d['sources']}, git {d['git']}) | "
+            f"torch {d['torch']} | python {d['python']} | {d['threads']} threads | "
+            f"started {d['started']} | wall time {d['wall_seconds']:.0f} s"
+        )
+
+
+def start_run(chapter: str, profile: Profile, device, data_source: str, seed: int) -> Run:
+    """Start the record of a chapter run (prints nothing; show ``run.line()``)."""
+    if not isinstance(profile, Profile):
+        raise TypeError(f"profile must be a Profile from resolve_profile(), got {type(profile).__name__}")
+    return Run(chapter, profile, str(device), _named_by_kind(data_source), int(seed),
+               datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), time.perf_counter())
 
 
 def cache_dir(*parts: str) -> Path:

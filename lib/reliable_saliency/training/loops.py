@@ -21,7 +21,7 @@ from ..data import ImageSet
 from ..core.experiment import atomic_torch_save
 from ..core.inputs import InputSpace, check_model_ready
 
-__all__ = ["TrainConfig", "train", "augment_crop_flip", "evaluate"]
+__all__ = ["TrainConfig", "train", "augment_crop_flip", "correct_per_image", "evaluate"]
 
 ADVERSARIES = (None, "fgsm_rs", "pgd")
 
@@ -166,7 +166,7 @@ def train(
     return result
 
 
-def evaluate(
+def correct_per_image(
     model: nn.Module,
     data: ImageSet,
     *,
@@ -176,13 +176,13 @@ def evaluate(
     pgd_steps: int = 10,
     pgd_alpha: float | None = None,
     seed: int = 0,
-) -> float:
-    """Top-1 accuracy on ``data``; with ``pgd_eps`` (pixel units) under an L-inf PGD attack with
-    random start (``pgd_alpha`` defaults to 2.5 eps / steps)."""
+) -> Tensor:
+    """bool (N,): is each image of ``data`` classified correctly; with ``pgd_eps`` (pixel units)
+    under an L-inf PGD attack with random start (``pgd_alpha`` defaults to 2.5 eps / steps)."""
     check_model_ready(model)
     device = torch.device(device)
     generator = torch.Generator(device=device).manual_seed(seed)
-    correct = 0
+    correct = []
     for start in range(0, len(data), batch_size):
         x = data.input_space.normalize(data.images[start:start + batch_size].to(device))
         y = data.labels[start:start + batch_size].to(device)
@@ -190,5 +190,10 @@ def evaluate(
             alpha = 2.5 * pgd_eps / pgd_steps if pgd_alpha is None else pgd_alpha
             x = run_pgd(model, x, y, data.input_space, pgd_eps, alpha, pgd_steps, "linf", True, generator)
         with torch.no_grad():
-            correct += int((model(x).argmax(1) == y).sum())
-    return correct / len(data)
+            correct.append((model(x).argmax(1) == y).cpu())
+    return torch.cat(correct)
+
+
+def evaluate(model: nn.Module, data: ImageSet, **options) -> float:
+    """Top-1 accuracy on ``data`` (options as :func:`correct_per_image`)."""
+    return correct_per_image(model, data, **options).float().mean().item()

@@ -1,0 +1,90 @@
+"""Chapter helpers: image selection, figures, the verdicts page, the nbval capture plugin's checks."""
+
+from __future__ import annotations
+
+import json
+
+import matplotlib
+import pytest
+import torch
+from torch import nn
+
+from reliable_saliency.chapter import figures, selection, verdicts_page
+from reliable_saliency.chapter.run import claims_dir_for, count_figures
+from reliable_saliency.core.inputs import SYNTHETIC
+from reliable_saliency.data import make_synthetic
+
+matplotlib.use("Agg")
+
+
+class ByBrightness(nn.Module):
+    """Predicts class 0 for dark images and 1 for bright ones, so correctness is known."""
+
+    input_space = SYNTHETIC
+
+    def forward(self, x):
+        mean = x.mean((1, 2, 3))
+        return torch.stack([-mean, mean], 1)
+
+
+def two_class_set(n: int = 40):
+    images = make_synthetic(n, size=8, object_size=(2, 4), seed=0)
+    images.labels = (images.images.float().mean((1, 2, 3)) > images.images.float().mean()).long()
+    images.labels[::3] = 1 - images.labels[::3]  # a third are wrong for ByBrightness
+    return images
+
+
+def test_correctly_classified_is_seeded_correct_and_stops_early():
+    images = two_class_set()
+    model = ByBrightness()
+    chosen = selection.correctly_classified(model, images, 10, seed=3, batch_size=7)
+    assert len(chosen) == 10
+    assert torch.equal(model(chosen.normalized()).argmax(1), chosen.labels)
+    again = selection.correctly_classified(model, images, 10, seed=3, batch_size=40)
+    assert torch.equal(again.images, chosen.images)  # chunking does not change the choice
+    other = selection.correctly_classified(model, images, 10, seed=4)
+    assert not torch.equal(other.images, chosen.images)
+
+
+def test_correctly_classified_by_several_models_and_too_many():
+    images = two_class_set()
+    class AlwaysOne(nn.Module):
+        input_space = SYNTHETIC
+
+        def forward(self, x):
+            return torch.tensor([0.0, 1.0]).expand(len(x), 2)
+
+    both = selection.correctly_classified([ByBrightness(), AlwaysOne()], images, 5, seed=0)
+    assert len(both) == 5 and bool((both.labels == 1).all())
+    assert torch.equal(ByBrightness()(both.normalized()).argmax(1), both.labels)
+    with pytest.raises(ValueError, match="only .* classified correctly"):
+        selection.correctly_classified(ByBrightness(), images, 40, seed=0)
+    with pytest.raises(ValueError, match="n must be"):
+        selection.correctly_classified(ByBrightness(), images, 0, seed=0)
+
+
+def test_map_grid_and_top_pixels():
+    maps = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(0))
+    top = figures.top_pixels(maps, 5)
+    assert top.shape == maps.shape and top.flatten(1).sum(1).tolist() == [5, 5, 5]
+    assert bool((maps[top].view(3, 5).min(1).values >= maps.masked_fill(top, -1).flatten(1).max(1).values).all())
+    fig = figures.map_grid({"image": torch.rand(3, 3, 8, 8), "map": maps}, 5, title="t", marks={"map": top})
+    assert len(fig.axes) == 2 * 3  # count capped at the 3 images
+    with pytest.raises(ValueError, match="image"):
+        figures.map_grid({"bad": torch.rand(3, 2, 8, 8)}, 2)
+
+
+def test_verdicts_page_from_claims_files(tmp_path):
+    assert "No chapter" in verdicts_page.render_page(tmp_path / "missing")
+    claim = {"id": "A1", "paper": "A", "claim": "x <b> y", "verdict": "holds", "profile": "book",
+             "evidence": {"measured": "m", "reason": "r", "numbers": {}}}
+    (tmp_path / "02_relex.json").write_text(json.dumps({"chapter": "02_relex", "claims": [claim]}))
+    page = verdicts_page.render_page(tmp_path)
+    assert "1 claims from 1 chapters (02_relex): 1 holds" in page
+    assert "x &lt;b&gt; y" in page  # claim text is escaped
+
+
+def test_run_helpers():
+    assert claims_dir_for(__import__("pathlib").Path("/a/book/chapters")).as_posix() == "/a/book/claims"
+    notebook = {"cells": [{"outputs": [{"data": {"image/png": "..."}}]}, {"outputs": []}]}
+    assert count_figures(notebook) == 1

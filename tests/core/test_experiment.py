@@ -1,0 +1,43 @@
+"""Run settings (reliable_saliency.core.experiment): profiles, provenance, atomic writes."""
+
+import pytest
+
+from reliable_saliency.core import experiment
+
+
+def test_profiles_resolve_and_reject_bad_values():
+    book = experiment.resolve_profile("book", eval_images=None, mc_samples=7)
+    assert book.mc_samples == 7 and book.eval_images == experiment.PROFILES["book"].eval_images
+    with pytest.raises(ValueError, match="unknown profile"):
+        experiment.resolve_profile("huge")
+    with pytest.raises(ValueError, match="unknown profile fields"):
+        experiment.resolve_profile("smoke", epochs=3)
+    with pytest.raises(ValueError, match="positive int"):
+        experiment.resolve_profile("smoke", eval_images=0)
+
+
+def test_run_record_names_everything_and_refuses_machine_paths():
+    profile = experiment.resolve_profile("smoke")
+    run = experiment.start_run("00_x", profile, "cpu", "offline CIFAR-10 JPEG copy test (JPEG quality ~75)", 3)
+    line = run.line()
+    for part in ("profile=smoke", "device=cpu", "data=offline CIFAR-10", "seed=3", "torch", "sources", "git",
+                 "threads", "wall time"):
+        assert part in line
+    assert run.as_dict()["wall_seconds"] >= 0
+    for path_like in ("CIFAR-10 (/work/data/cifar)", "/root/data", "~/data", "C:\\data"):
+        with pytest.raises(ValueError, match="by kind"):
+            experiment.start_run("00_x", profile, "cpu", path_like, 0)
+    with pytest.raises(TypeError, match="Profile"):
+        experiment.start_run("00_x", "smoke", "cpu", "synthetic", 0)
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path):
+    target = tmp_path / "out.txt"
+
+    def failing(tmp):
+        tmp.write_text("half")
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError):
+        experiment.atomic_write(target, failing)
+    assert not target.exists() and list(tmp_path.iterdir()) == []
