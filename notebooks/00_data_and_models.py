@@ -38,10 +38,12 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 import torch
+from IPython.display import Markdown, display
 
 from reliable_saliency import data
 from reliable_saliency.attacks import pgd
 from reliable_saliency.chapter.figures import show, use_book_style
+from reliable_saliency.chapter.rerun import rerun_box
 from reliable_saliency.claims import Ledger
 from reliable_saliency.core import experiment, inputs
 from reliable_saliency.models import efficientnet_lite0
@@ -55,7 +57,7 @@ use_book_style()
 cifar_test = data.load_cifar10("test")
 run = experiment.start_run("00_data_and_models", settings, run_device, cifar_test.source, seed)
 ledger = Ledger(run)
-print(run.line())
+display(Markdown(f"**Run:** {run.line()}"))
 
 # %% [markdown]
 # ## The datasets
@@ -265,7 +267,6 @@ ledger.table()
 # and gathered on the "Verdicts at a glance" page).
 
 # %%
-from IPython.display import Markdown
-
 ledger.save()
-Markdown(ledger.summary() + f"\n\n{run.line()}")
+display(Markdown(ledger.summary()))
+rerun_box(run, {name: trained[name] for name in models})

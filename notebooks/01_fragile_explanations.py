@@ -52,11 +52,12 @@ import time
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
-from IPython.display import Markdown
+from IPython.display import Markdown, display
 
 from reliable_saliency import data, maps
 from reliable_saliency.attacks import dombrowski_attack, ghorbani_attack
 from reliable_saliency.chapter.figures import map_grid, top_pixels, use_book_style
+from reliable_saliency.chapter.rerun import rerun_box
 from reliable_saliency.chapter.selection import correctly_classified
 from reliable_saliency.claims import Ledger
 from reliable_saliency.core import experiment
@@ -75,7 +76,7 @@ use_book_style()
 cifar_test = data.load_cifar10("test")
 run = experiment.start_run("01_fragile_explanations", settings, run_device, cifar_test.source, seed)
 ledger = Ledger(run)
-print(run.line())
+display(Markdown(f"**Run:** {run.line()}"))
 
 natural = zoo.load_model("lenet_natural", settings.name, device=run_device, progress=False)
 robust = zoo.load_model("lenet_fgsm", settings.name, device=run_device, progress=False)
@@ -341,4 +342,5 @@ ledger.table()
 
 # %%
 ledger.save()
-Markdown(ledger.summary() + f"\n\n{run.line()}")
+display(Markdown(ledger.summary()))
+rerun_box(run, {"lenet_natural": natural, "lenet_fgsm": robust})

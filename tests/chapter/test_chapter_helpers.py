@@ -88,3 +88,35 @@ def test_run_helpers():
     assert claims_dir_for(__import__("pathlib").Path("/a/book/chapters")).as_posix() == "/a/book/claims"
     notebook = {"cells": [{"outputs": [{"data": {"image/png": "..."}}]}, {"outputs": []}]}
     assert count_figures(notebook) == 1
+
+
+def test_publishable_folds_code_and_removes_default_parameters():
+    from reliable_saliency.chapter.run import publishable
+
+    notebook = {"cells": [
+        {"cell_type": "code", "metadata": {"tags": ["parameters"]}},
+        {"cell_type": "code", "metadata": {"tags": ["injected-parameters"]}},
+        {"cell_type": "code", "metadata": {}},
+        {"cell_type": "code", "metadata": {"tags": ["show-input"]}},
+        {"cell_type": "markdown", "metadata": {}},
+    ]}
+    publishable(notebook)
+    publishable(notebook)  # idempotent
+    tags = [c["metadata"].get("tags", []) for c in notebook["cells"]]
+    assert tags == [["parameters", "remove-cell"], ["injected-parameters"], ["hide-input"], ["show-input"], []]
+
+
+def test_rerun_box_names_command_hardware_and_checkpoints(monkeypatch):
+    from reliable_saliency.chapter.rerun import RERUN_COMMAND_ENV, rerun_box
+    from reliable_saliency.core import experiment
+
+    run = experiment.start_run("02_x", experiment.resolve_profile("book"), "cpu", "synthetic shapes", 1)
+    model = nn.Linear(2, 2)
+    model.zoo_info = {"sha256": "ab" * 32}
+    monkeypatch.setenv(RERUN_COMMAND_ENV, 'make chapter NB=02_x PROFILE=book ARGS="-p seed 1"')
+    box = rerun_box(run, {"lenet": model, "other": nn.Linear(1, 1)}).data
+    for part in ("Rerun this chapter", "NB=02_x PROFILE=book", "-p seed 1", "torch threads", "sha256 abababab",
+                 "not from the zoo", "seed 1"):
+        assert part in box
+    monkeypatch.delenv(RERUN_COMMAND_ENV)
+    assert "make chapter NB=02_x PROFILE=book" in rerun_box(run).data

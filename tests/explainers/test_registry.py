@@ -27,6 +27,7 @@ SMALL = {  # options that keep every explainer cheap in tests
     "smoothgrad_squared": {"samples": 5},
     "vargrad": {"samples": 5},
     "rise": {"masks": 12, "grid_size": 3},
+    "relex": {"iterations": 2, "samples": 3},
 }
 
 

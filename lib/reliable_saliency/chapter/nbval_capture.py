@@ -15,7 +15,7 @@ import nbformat
 import pytest
 
 from ..core.experiment import atomic_write
-from .run import count_figures, no_figure_error
+from .run import count_figures, no_figure_error, publishable
 
 _RESULTS: dict = {}  # notebook path -> {"nb": notebook, "failed": bool, "count": int, "seconds": float}
 
@@ -56,6 +56,7 @@ def pytest_sessionfinish(session, exitstatus):
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
             print(f"\nnbval_capture: {no_figure_error(name)}")
             continue
+        publishable(record["nb"])
         nbformat.validate(record["nb"])
         atomic_write(Path(folder) / name, lambda tmp, nb=record["nb"]: nbformat.write(nb, str(tmp)))
         print(f"\nnbval_capture: {name} -> {folder} ({count_figures(record['nb'])} figures, "

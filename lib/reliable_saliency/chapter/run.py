@@ -18,9 +18,10 @@ import time
 from pathlib import Path
 
 from ..claims import CLAIMS_DIR_ENV
+from .rerun import RERUN_COMMAND_ENV
 from ..core.experiment import PROFILES, atomic_write
 
-__all__ = ["main", "claims_dir_for", "count_figures"]
+__all__ = ["main", "claims_dir_for", "count_figures", "publishable"]
 
 
 def claims_dir_for(chapters_dir: Path) -> Path:
@@ -33,6 +34,24 @@ def count_figures(notebook) -> int:
     plotting backend (a non-inline MPLBACKEND)."""
     return sum("image/png" in output.get("data", {})
                for cell in notebook["cells"] for output in cell.get("outputs", []))
+
+
+def publishable(notebook) -> None:
+    """Tags for the book, set in place: the default ``parameters`` cell is removed (the injected
+    values stay visible), every other code cell's input is folded behind a toggle unless the cell
+    is tagged ``show-input``, so prose and results come first."""
+    for cell in notebook["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        tags = cell.setdefault("metadata", {}).setdefault("tags", [])
+        if "parameters" in tags:
+            wanted = "remove-cell"
+        elif "injected-parameters" in tags or "show-input" in tags:
+            continue
+        else:
+            wanted = "hide-input"
+        if wanted not in tags:
+            tags.append(wanted)
 
 
 def no_figure_error(name: str) -> RuntimeError:
@@ -67,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     print(f"executing {args.notebook} -> {output} with {parameters}", flush=True)
     os.environ[CLAIMS_DIR_ENV] = str(claims_dir_for(args.output_dir))  # inherited by the kernel
+    extra = " ".join(f"-p {name} {value}" for name, value in args.parameter)
+    os.environ[RERUN_COMMAND_ENV] = (f"make chapter NB={args.notebook.stem} PROFILE={args.profile}"
+                                     + (f' ARGS="{extra}"' if extra else ""))
 
     def execute(tmp: Path) -> None:
         executed = papermill.execute_notebook(
@@ -78,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             raise no_figure_error(args.notebook.name)
         # papermill records absolute paths of this machine; the published chapter names files only
         executed.metadata.papermill.update(input_path=args.notebook.name, output_path=output.name)
+        publishable(executed)
         nbformat.write(executed, str(tmp))
         print(f"{args.notebook.name}: {figures} figures", flush=True)
 

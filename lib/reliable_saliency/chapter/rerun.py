@@ -1,0 +1,47 @@
+"""The "Rerun this chapter" box every chapter ends with, computed at execution time."""
+
+from __future__ import annotations
+
+import html
+import os
+import platform
+
+import torch
+from torch import nn
+
+from ..core.experiment import Run
+
+__all__ = ["RERUN_COMMAND_ENV", "rerun_box"]
+
+RERUN_COMMAND_ENV = "RELIABLE_SALIENCY_RERUN_COMMAND"  # set by the chapter runner
+
+
+def _hardware(device: str) -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"GPU {torch.cuda.get_device_name(torch.device(device))}"
+    return f"CPU {platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+
+
+def rerun_box(run: Run, models: dict[str, nn.Module] | None = None):
+    """An HTML box: the exact command that reproduces this run, its wall time, date, hardware,
+    threads, the library sources and the sha256 of every zoo checkpoint in ``models``."""
+    from IPython.display import HTML
+
+    d = run.as_dict()
+    command = os.environ.get(RERUN_COMMAND_ENV) or f"make chapter NB={run.chapter} PROFILE={d['profile']}"
+    rows = [
+        ("command", f"<code>{html.escape(command)}</code>"),
+        ("profile, wall time", f"{d['profile']}, {d['wall_seconds'] / 60:.1f} minutes (started {d['started']})"),
+        ("hardware", f"{html.escape(_hardware(d['device']))}, {d['threads']} torch threads"),
+        ("software", f"reliable_saliency {d['library']} (sources {d['sources']}, git {d['git']}), "
+                     f"torch {d['torch']}, python {d['python']}"),
+        ("data, seed", f"{html.escape(d['data'])}, seed {d['seed']}"),
+    ]
+    for name, model in (models or {}).items():
+        info = getattr(model, "zoo_info", None)
+        digest = info["sha256"][:16] if info else "not from the zoo"
+        rows.append((f"checkpoint {html.escape(name)}", f"sha256 {digest}"))
+    body = "".join(f'<tr><td style="text-align:left;padding-right:1em"><b>{k}</b></td>'
+                   f'<td style="text-align:left">{v}</td></tr>' for k, v in rows)
+    return HTML('<div class="rerun-box" style="border:1px solid #999;border-radius:4px;padding:0.5em 1em">'
+                f"<p><b>Rerun this chapter</b></p><table>{body}</table></div>")
