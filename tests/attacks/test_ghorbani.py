@@ -8,6 +8,7 @@ import torch
 from helpers.attacks import ALPHA, EPS, SIZE, STEPS, assert_in_ball, gradient_explainer, real_map
 from reliable_saliency import attacks as ea
 from reliable_saliency import maps
+from reliable_saliency.core.inputs import SYNTHETIC
 from reliable_saliency.models import to_softplus
 
 
@@ -84,3 +85,43 @@ def test_relu_model_without_surrogate_is_refused(trained):
     model, x = trained
     with pytest.raises(RuntimeError, match="surrogate_beta"):
         ea.ghorbani_attack(model, x[:2], gradient_explainer, steps=2)
+
+
+def test_random_sign_noise_is_one_shot_of_the_full_budget(trained):
+    model, x = trained
+    noisy, kept = ea.random_sign_noise(model, x, eps=EPS, generator=torch.Generator().manual_seed(3))
+    x01, noisy01 = SYNTHETIC.denormalize(x), SYNTHETIC.denormalize(noisy)
+    change = (noisy01 - x01).abs()
+    # every pixel moves by the whole budget unless the [0, 1] range clips it
+    inside = (x01 > EPS + 1e-4) & (x01 < 1 - EPS - 1e-4)
+    torch.testing.assert_close(change[inside], torch.full_like(change[inside], EPS), atol=1e-5, rtol=0)
+    assert float(noisy01.min()) >= -1e-6 and float(noisy01.max()) <= 1 + 1e-6
+    with torch.no_grad():
+        same = model(noisy).argmax(1) == model(x).argmax(1)
+    assert torch.equal(same, kept)
+    again, _ = ea.random_sign_noise(model, x, eps=EPS, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(again, noisy)
+    with pytest.raises(ValueError, match="did you mean 8/255"):
+        ea.random_sign_noise(model, x, eps=8)
+
+
+def test_random_sign_noise_redraws_images_whose_label_flips():
+    from torch import nn
+
+    class FlipsOnDarkCorner(nn.Module):
+        """Class 1 while the top-left pixel is bright; noise darkens it half the time."""
+
+        input_space = SYNTHETIC
+
+        def forward(self, x):
+            corner = SYNTHETIC.denormalize(x)[:, 0, 0, 0]
+            return torch.stack([0.5 - corner, corner - 0.5], 1)
+
+    x01 = torch.full((16, 3, 4, 4), 0.5)
+    x01[:, 0, 0, 0] = 0.52
+    x = SYNTHETIC.normalize(x01)
+    _, kept_once = ea.random_sign_noise(FlipsOnDarkCorner(), x, eps=0.1, tries=1,
+                                        generator=torch.Generator().manual_seed(0))
+    _, kept_many = ea.random_sign_noise(FlipsOnDarkCorner(), x, eps=0.1, tries=20,
+                                        generator=torch.Generator().manual_seed(0))
+    assert 0 < int(kept_once.sum()) < 16 and bool(kept_many.all())

@@ -20,3 +20,23 @@ def test_to_softplus_leaves_the_original_untouched():
     assert torch.allclose(models.to_softplus(model, 1e4)(x), model(x), atol=1e-3)
     with pytest.raises(ValueError, match="no nn.ReLU"):
         models.to_softplus(nn.Sequential(nn.Linear(2, 2)), 5.0)
+
+
+def test_smooth_relu6_tends_to_relu6_and_mobilenet_is_fully_smoothed():
+    torchvision = pytest.importorskip("torchvision")
+    x = torch.linspace(-3, 9, 121)
+    for beta, tolerance in ((1.0, 0.8), (10.0, 0.08), (1e3, 1e-3)):
+        smooth = models.smoothing.SmoothReLU6(beta)(x)
+        assert float((smooth - nn.functional.relu6(x)).abs().max()) <= tolerance
+    net = torchvision.models.mobilenet_v2(num_classes=10).eval()
+    smooth_net = models.to_softplus(net, 1e3)
+    assert not any(isinstance(m, (nn.ReLU, nn.ReLU6)) for m in smooth_net.modules())
+    assert any(isinstance(m, nn.ReLU6) for m in net.modules())  # the original is untouched
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(smooth_net(images), net(images), atol=2e-2, rtol=0)
+    # second derivative exists: the gradient of a gradient is not identically zero
+    xg = images.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(models.to_softplus(net, 5.0)(xg)[:, 0].sum(), xg, create_graph=True)
+    (gg,) = torch.autograd.grad(g.square().sum(), xg)
+    assert bool(gg.abs().sum() > 0)

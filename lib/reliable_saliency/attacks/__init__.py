@@ -10,10 +10,10 @@ explain the clean predicted label; all images of a batch are attacked together.
 from .common import GhorbaniResult, ManipulationResult
 from .dombrowski import dombrowski_attack
 from .frame import frame_attack, frame_target
-from .ghorbani import OBJECTIVES, ghorbani_attack
+from .ghorbani import OBJECTIVES, ghorbani_attack, random_sign_noise
 from .predictions import fgsm, pgd
 
 __all__ = [
-    "fgsm", "pgd", "ghorbani_attack", "dombrowski_attack", "frame_attack", "frame_target",
+    "fgsm", "pgd", "ghorbani_attack", "random_sign_noise", "dombrowski_attack", "frame_attack", "frame_target",
     "OBJECTIVES", "GhorbaniResult", "ManipulationResult",
 ]

@@ -17,7 +17,7 @@ from ..core.inputs import InputSpace, check_images, check_model_ready
 from ..core.options import number
 from ..core.perturbation import space_or_raise
 from ..explainers.registry import Explainer
-from ..models.smoothing import to_softplus
+from ..models.smoothing import SMOOTHED, to_softplus
 
 __all__ = [
     "GhorbaniResult", "ManipulationResult", "channel_abs_sum", "sum_normalise", "max_normalise",
@@ -100,11 +100,11 @@ def softplus_copy(
     """A private Softplus(beta) copy of ``model`` without parameter gradients, and the Softplus
     modules that replaced its ReLUs (for annealing beta in place)."""
     number(argument, beta, 0.0, strict=True)
-    relu_names = {name for name, m in model.named_modules(remove_duplicate=False) if isinstance(m, nn.ReLU)}
+    relu_names = {name for name, m in model.named_modules(remove_duplicate=False) if isinstance(m, SMOOTHED)}
     if not relu_names:
         raise ValueError(
-            f"{argument}={beta} asks for a Softplus surrogate, but the model has no nn.ReLU module to "
-            f"replace; pass {smooth_hint} to attack a smooth (for example Softplus) model directly"
+            f"{argument}={beta} asks for a Softplus surrogate, but the model has no nn.ReLU or nn.ReLU6 "
+            f"module to replace; pass {smooth_hint} to attack a smooth (for example Softplus) model directly"
         )
     surrogate = to_softplus(model, beta)
     for p in surrogate.parameters():

@@ -22,7 +22,7 @@ from ..maps.localisation import center_of_mass
 from ..maps.similarity import topk_intersection
 from .common import GhorbaniResult, channel_abs_sum, prepare_attack, raise_if_flat, softplus_copy, sum_normalise
 
-__all__ = ["OBJECTIVES", "ghorbani_attack"]
+__all__ = ["OBJECTIVES", "ghorbani_attack", "random_sign_noise"]
 
 OBJECTIVES = ("topk", "mass_center", "random", "targeted")
 
@@ -191,3 +191,33 @@ def ghorbani_attack(
         success=label_kept & improved, measure=goal.measure, clean_value=clean_value, value=best_value,
         trace=torch.stack(trace),
     )
+
+
+def random_sign_noise(
+    model: nn.Module,
+    x: Tensor,
+    *,
+    eps: float = 8 / 255,
+    tries: int = 10,
+    input_space: InputSpace | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Ghorbani et al.'s random baseline: one shot of sign noise of the full budget,
+    ``x + eps * sign(N(0, I))`` in pixel space, clipped to [0, 1]. An image whose label the noise
+    changes draws again, up to ``tries`` times. Returns ``(x_noisy, label_kept)``: images that
+    never kept their label stay at their last draw and are flagged False."""
+    eps = pixel_budget("eps", eps)
+    integer("tries", tries)
+    space, label = prepare_attack(model, x, input_space)
+    x01 = space.denormalize(x.detach())
+    noisy = x01.clone()
+    pending = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    for _ in range(tries):
+        draw = torch.randn(x01.shape, generator=generator, dtype=x01.dtype, device=x01.device).sign()
+        candidate = (x01 + eps * draw).clamp(0.0, 1.0)
+        noisy = torch.where(pending.view(-1, 1, 1, 1), candidate, noisy)
+        with torch.no_grad():
+            pending = model(space.normalize(noisy)).argmax(1) != label
+        if not bool(pending.any()):
+            break
+    return space.normalize(noisy).detach(), ~pending

@@ -1,5 +1,6 @@
 """Perturbations in pixel space: the model's input space (or a clear error), projection onto the
-eps ball (L-inf or L2) and the valid range [0, 1], and uniform random starts inside the ball."""
+eps ball (L-inf or L2) and the valid range [0, 1], uniform random starts inside the ball, and the
+size of a perturbation actually used."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from torch import Tensor, nn
 
 from .inputs import InputSpace, input_space_of
 
-__all__ = ["space_or_raise", "project", "random_start"]
+__all__ = ["space_or_raise", "project", "random_start", "pixel_change"]
 
 
 def space_or_raise(model: nn.Module, input_space: InputSpace | None) -> InputSpace:
@@ -38,3 +39,12 @@ def random_start(x01: Tensor, eps: float, norm: str, generator) -> Tensor:
     direction = direction / direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
     radius = torch.rand((x01.shape[0], 1, 1, 1), generator=generator, device=x01.device, dtype=x01.dtype)
     return direction * radius * eps
+
+
+def pixel_change(space: InputSpace, x: Tensor, x_adv: Tensor) -> dict[str, Tensor]:
+    """How much an attack changed each image, in pixel units of [0, 1] images: per image (N,) the
+    largest absolute change (``max``), the mean absolute change (``mean``) and the L2 norm (``l2``)."""
+    if x.shape != x_adv.shape:
+        raise ValueError(f"x and x_adv must have the same shape, got {tuple(x.shape)} and {tuple(x_adv.shape)}")
+    delta = (space.denormalize(x_adv) - space.denormalize(x)).flatten(1)
+    return {"max": delta.abs().amax(1), "mean": delta.abs().mean(1), "l2": delta.norm(dim=1)}
