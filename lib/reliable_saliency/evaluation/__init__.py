@@ -8,6 +8,7 @@ steps / samples of all images on the batch axis in chunks of at most ``batch_siz
 from .faithfulness import SUBSTRATES, deletion_auc, insertion_auc, retrieval
 from .robustness import max_sensitivity
 from .sanity import model_randomisation, randomize_parameters
+from . import cleaning, reliability  # paper C: the adversarial reliability measure, map cleaning
 
 __all__ = [
     "SUBSTRATES", "deletion_auc", "insertion_auc", "retrieval", "max_sensitivity",

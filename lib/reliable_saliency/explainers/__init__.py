@@ -33,6 +33,7 @@ from .layer_rules import gradcam, guided_backprop, lrp_epsilon
 from .noise import smoothgrad, smoothgrad_squared, vargrad
 from .objective import OUTPUTS
 from .registry import EXPLAINERS, Explainer, get_explainer, register
+from .relex import relex, relex_loss
 from .rise import rise
 
 __all__ = [
@@ -40,4 +41,5 @@ __all__ = [
     "gradient", "grad_x_input", "ig_rule", "integrated_gradients",
     "smoothgrad", "smoothgrad_squared", "vargrad",
     "gradcam", "guided_backprop", "lrp_epsilon", "rise",
+    "relex", "relex_loss",
 ]

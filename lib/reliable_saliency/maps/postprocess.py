@@ -9,6 +9,10 @@ differentiable where the math allows (percentiles through ``kthvalue``, like a s
 
     postprocess(maps, ["absolute", "channel_max", ("divide_by_percentile", {"q": 99})])
     postprocess(maps, ["absolute", "times_input", "channel_sum"], x=x)   # |R| x input
+    postprocess(maps, ["adversarial_measure_map"], x=space.denormalize(x))  # paper C's map r
+
+Steps listed in :data:`NEEDS_INPUT` take the input batch as their second argument; ``postprocess``
+passes its ``x`` to them (and raises when it is missing).
 """
 
 from __future__ import annotations
@@ -29,7 +33,10 @@ __all__ = [
     "normalize_minmax",
     "normalize_sum",
     "times_input",
+    "quantize_8bit",
+    "adversarial_measure_map",
     "STEPS",
+    "NEEDS_INPUT",
     "postprocess",
 ]
 
@@ -151,6 +158,42 @@ def times_input(m: Tensor, x: Tensor) -> Tensor:
     return m * x
 
 
+def quantize_8bit(m: Tensor) -> Tensor:
+    """Round to multiples of 1/255 as an 8-bit image file stores them (torchvision's ``save_image``:
+    ``floor(clamp(255 m + 0.5, 0, 255)) / 255``); values are clamped to [0, 1] first. Piecewise
+    constant, so its gradient is zero almost everywhere."""
+    _check_maps(m)
+    return torch.floor((m * 255 + 0.5).clamp(0.0, 255.0)) / 255
+
+
+def adversarial_measure_map(m: Tensor, image: Tensor | None = None, q: float = 99.0,
+                            quantize: bool = False) -> Tensor:
+    """The map ``r`` in [0, 1] that paper C's reliability measure consumed (the authors' code):
+    ``|R|`` clipped at its q-th percentile (per image, over all entries), times the **[0, 1]
+    image** (``input_space.denormalize(x)``, not the normalised input), summed over channels,
+    min-max normalised per image, and with ``quantize`` rounded to 8 bits (the authors saved the
+    maps as 8-bit PNGs). Maps (N, C, H, W) or (N, 1, H, W) (broadcast against the image), or
+    per-pixel (N, H, W); returns (N, H, W). ``image=None`` skips the multiplication (the authors'
+    image-free ``map`` output); :func:`postprocess` always passes its ``x``."""
+    _check_maps(m)
+    if m.dim() == 3:
+        m = m.unsqueeze(1)
+    _channel_axis(m, "adversarial_measure_map")
+    m = winsorize(m.abs(), q)
+    if image is not None:
+        if not isinstance(image, Tensor) or not image.is_floating_point():
+            raise TypeError("adversarial_measure_map needs the [0, 1] image batch as a float tensor")
+        low, high = float(image.min()), float(image.max())
+        if low < -1e-4 or high > 1 + 1e-4:
+            raise ValueError(
+                f"adversarial_measure_map multiplies by the [0, 1] image, got values in [{low:.3f}, "
+                f"{high:.3f}]; pass input_space.denormalize(x), not the normalised input"
+            )
+        m = times_input(m, image)
+    m = normalize_minmax(m.sum(dim=1))
+    return quantize_8bit(m) if quantize else m
+
+
 STEPS: dict[str, Callable[..., Tensor]] = {
     "absolute": absolute,
     "channel_sum": channel_sum,
@@ -161,13 +204,21 @@ STEPS: dict[str, Callable[..., Tensor]] = {
     "normalize_minmax": normalize_minmax,
     "normalize_sum": normalize_sum,
     "times_input": times_input,
+    "quantize_8bit": quantize_8bit,
+    "adversarial_measure_map": adversarial_measure_map,
+}
+
+# Steps that take the input batch (``postprocess``'s ``x``) as their second argument, and what it is.
+NEEDS_INPUT: dict[str, str] = {
+    "times_input": "the input batch x",
+    "adversarial_measure_map": "the [0, 1] image batch (input_space.denormalize(x))",
 }
 
 
 def postprocess(maps: Tensor, steps: Sequence, x: Tensor | None = None) -> Tensor:
     """Apply ``steps`` in order. Each step is a name from :data:`STEPS` or a ``(name, options)``
-    pair with a dict of keyword options (``("winsorize", {"q": 99.5})``). ``x`` is needed by
-    ``times_input``."""
+    pair with a dict of keyword options (``("winsorize", {"q": 99.5})``). ``x`` is passed to the
+    steps in :data:`NEEDS_INPUT` (``times_input``, ``adversarial_measure_map``)."""
     if isinstance(steps, str):
         raise TypeError(f"steps must be a sequence of step names, got the string {steps!r}; use [{steps!r}]")
     if not isinstance(steps, (list, tuple)):
@@ -184,12 +235,13 @@ def postprocess(maps: Tensor, steps: Sequence, x: Tensor | None = None) -> Tenso
             raise TypeError(f"each step must be a name or a (name, options-dict) pair, got {step!r}")
         if name not in STEPS:
             raise ValueError(f"unknown post-processing step {name!r}; choose from {sorted(STEPS)}")
-        if name == "times_input":
+        if name in NEEDS_INPUT:
             if x is None:
                 raise ValueError(
-                    "the 'times_input' step needs the input batch: postprocess(maps, steps, x=x)"
+                    f"the {name!r} step needs the input batch ({NEEDS_INPUT[name]}): "
+                    f"postprocess(maps, steps, x=...)"
                 )
-            maps = times_input(maps, x, **options)
+            maps = STEPS[name](maps, x, **options)
         else:
             maps = STEPS[name](maps, **options)
     return maps
