@@ -3,6 +3,7 @@ weights, adversarial training runs, augmentation is a crop or flip of the padded
 
 import dataclasses
 
+import pytest
 import torch
 
 from helpers import same_state
@@ -48,3 +49,34 @@ def test_augmentation_is_a_crop_or_flip_of_the_padded_image(rng):
     for original, crop in zip(padded, out):
         windows = [original[:, y:y + 32, x:x + 32] for y in range(9) for x in range(9)]
         assert any(torch.equal(crop, w) or torch.equal(crop, w.flip(-1)) for w in windows)
+
+
+def test_regulariser_enters_the_loss_and_the_history():
+    from reliable_saliency.training.regularisers import Regulariser
+
+    shapes = make_synthetic(n=16, size=32, seed=2)
+    torch.manual_seed(0)
+    model = models.build("lenet", softplus_beta=3.0)
+    hessian = Regulariser("hessian", lambda_hessian=1e-3)
+    result = train(model, shapes, TrainConfig(epochs=1, batch_size=8, regulariser=hessian), progress=False)
+    assert result.history[0]["penalty"] > 0 and not model.training
+    plain = train(model, shapes, TrainConfig(epochs=1, batch_size=8), progress=False)
+    assert "penalty" not in plain.history[0]  # unregularised history entries keep their old keys
+
+
+def test_gradient_clipping_bounds_the_update():
+    shapes = make_synthetic(n=16, size=32, seed=3)
+
+    def update_norm(grad_clip):
+        torch.manual_seed(0)
+        model = models.build("lenet")
+        before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+        # one plain SGD step (the first momentum step is the gradient itself): update = lr * clipped gradient
+        train(model, shapes, TrainConfig(epochs=1, batch_size=16, optimizer="sgd", lr=1.0, augment=False,
+                                         grad_clip=grad_clip), progress=False)
+        return (torch.cat([p.detach().flatten() for p in model.parameters()]) - before).norm().item()
+
+    assert update_norm(None) > 1e-3
+    assert update_norm(1e-3) == pytest.approx(1e-3, rel=1e-3)
+    with pytest.raises(ValueError, match="grad_clip must be None or a positive"):
+        TrainConfig(epochs=1, grad_clip=0.0)

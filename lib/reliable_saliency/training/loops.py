@@ -1,8 +1,10 @@
-"""Training loops (cross-entropy, FGSM-RS and PGD adversarial training) and accuracy evaluation.
+"""Training loops (cross-entropy, FGSM-RS and PGD adversarial training, paper E's gradient
+regularisers) and accuracy evaluation.
 
 Data stays as uint8 tensors in memory; batches are augmented (random crop with zero padding,
 horizontal flip) and normalised on the device. Training resumes from a state file written
-atomically after every epoch.
+atomically after every epoch, random generators included, so a resumed run equals an
+uninterrupted one.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from ..attacks.predictions import run_pgd
 from ..data import ImageSet
 from ..core.experiment import atomic_torch_save
 from ..core.inputs import InputSpace, check_model_ready
+from .regularisers import Regulariser, regularised_loss
 
 __all__ = ["TrainConfig", "train", "augment_crop_flip", "correct_per_image", "evaluate"]
 
@@ -34,13 +37,14 @@ class TrainConfig:
     optimizer: str = "adam"  # adam | adamw | sgd (momentum 0.9)
     weight_decay: float = 0.0
     lr_drop_epochs: tuple[int, ...] = ()  # multiply the learning rate by 0.1 at these epochs
-    grad_clip: float | None = None
+    grad_clip: float | None = None  # clip the parameter gradient to this L2 norm (paper E: 0.5)
     augment: bool = True
     adversary: str | None = None  # None | "fgsm_rs" | "pgd"
     eps: float = 8 / 255  # pixel units
     pgd_steps: int = 7
     pgd_alpha: float = 2 / 255
     seed: int = 0
+    regulariser: Regulariser | None = None  # paper E's penalties (training.regularisers)
 
     def __post_init__(self):
         if self.adversary not in ADVERSARIES:
@@ -49,6 +53,10 @@ class TrainConfig:
             raise ValueError(f"optimizer must be 'adam', 'adamw' or 'sgd', got {self.optimizer!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
+        if self.regulariser is not None and not isinstance(self.regulariser, Regulariser):
+            raise TypeError(f"regulariser must be a training.Regulariser or None, got {self.regulariser!r}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be None or a positive gradient norm, got {self.grad_clip!r}")
 
 
 @dataclass
@@ -99,9 +107,12 @@ def train(
 ) -> TrainResult:
     """Train ``model`` in place on ``train_set``; returns per-epoch history.
 
-    If ``state_path`` is given, the full training state (model, optimiser, generator, history) is
-    written there atomically after each epoch, and an existing state file is resumed from.
-    The model is left in eval mode.
+    If ``state_path`` is given, the full training state (model, optimiser, scheduler, both
+    generators, history) is written there atomically after each epoch, and an existing state file
+    is resumed from. The step loss is cross-entropy plus ``config.regulariser``'s penalty (its
+    random draws, like the attacks', come from a generator on ``device`` seeded ``seed + 1``);
+    with ``config.grad_clip`` the parameter gradient is clipped to that norm. The model is left in
+    eval mode.
     """
     device = torch.device(device)
     model.to(device)
@@ -126,7 +137,7 @@ def train(
     for epoch in range(start_epoch, config.epochs):
         model.train()
         order = torch.randperm(len(images), generator=generator)
-        total_loss, correct, seen = 0.0, 0, 0
+        total_loss, total_penalty, correct, seen = 0.0, 0.0, 0, 0
         epoch_start = time.perf_counter()
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress,
                    mininterval=10, leave=False)
@@ -139,21 +150,25 @@ def train(
             y = labels[index].to(device)
             if config.adversary is not None:
                 x = _adversarial(model, x, y, space, config, attack_generator)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
+            terms = regularised_loss(model, x, y, config.regulariser, generator=attack_generator, input_space=space)
+            loss, logits = terms.loss, terms.logits
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             total_loss += loss.item() * len(y)
+            total_penalty += terms.penalty.item() * len(y)
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
         scheduler.step()
-        result.history.append({"epoch": epoch + 1, "loss": total_loss / seen, "train_accuracy": correct / seen,
-                               "seconds": time.perf_counter() - epoch_start})
+        entry = {"epoch": epoch + 1, "loss": total_loss / seen, "train_accuracy": correct / seen,
+                 "seconds": time.perf_counter() - epoch_start}
+        if config.regulariser is not None and config.regulariser.active:
+            entry["penalty"] = total_penalty / seen
+        result.history.append(entry)
         if state_path is not None:
             atomic_torch_save({
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
