@@ -29,6 +29,7 @@ eval_images = None  # test images attacked with PGD (None: from the profile)
 imagenet_images = None  # ImageNet sample images classified (None: from the profile)
 pgd_steps = None  # PGD iterations (None: from the profile)
 pgd_eps = 8 / 255  # PGD L-inf radius in pixel units
+strong_pgd = None  # (steps, restarts) of the stronger PGD behind the robustness check (None: per profile)
 models = ["lenet_natural", "lenet_fgsm"]  # zoo recipes to train or load
 
 # %%
@@ -120,11 +121,14 @@ plt.show()
 # that papers A and C need for an "adversarially trained" model.
 #
 # Robustness is measured with an L-inf PGD attack (random start, step 2.5 eps / steps) at
-# eps = 8/255 on a fixed random subset of the test set.
+# eps = 8/255 on a fixed random subset of the test set: the profile's PGD, and a stronger one
+# with more steps and several random restarts (an image counts as robust only if it survives
+# every restart), so that the robustness verdict does not rest on a weak attack.
 
 # %%
+strong_steps, restarts = strong_pgd or {"smoke": (10, 2), "book": (50, 3), "paper": (100, 5)}[settings.name]
 attacked = cifar_test.sample(settings.eval_images, seed=seed)
-rows, trained, clean_correct, pgd_correct = [], {}, {}, {}
+rows, trained, clean_correct, pgd_correct, strong_correct = [], {}, {}, {}, {}
 for name in models:
     started = time.perf_counter()
     model = zoo.load_model(name, settings.name, device=run_device)
@@ -140,26 +144,31 @@ for name in models:
     clean_correct[name] = correct_per_image(model, cifar_test, device=run_device).float()
     pgd_correct[name] = correct_per_image(model, attacked, device=run_device, pgd_eps=pgd_eps,
                                           pgd_steps=settings.pgd_steps, seed=seed).float()
+    strong_correct[name] = torch.stack([
+        correct_per_image(model, attacked, device=run_device, pgd_eps=pgd_eps, pgd_steps=strong_steps, seed=seed + r)
+        for r in range(restarts)]).all(0).float()
     rows[-1].update({
         f"clean accuracy ({len(cifar_test):,} test)": clean_correct[name].mean().item(),
         "clean accuracy (lossless 300)": correct_per_image(
             model, datasets["CIFAR-10 lossless test subset"], device=run_device).float().mean().item(),
         f"PGD-{settings.pgd_steps} accuracy ({len(attacked)} test)": pgd_correct[name].mean().item(),
+        f"PGD-{strong_steps} x {restarts} restarts accuracy": strong_correct[name].mean().item(),
         "seconds here": round(time.perf_counter() - started, 1),
     })
 accuracy_table = pd.DataFrame(rows).set_index("model")
 accuracy_table
 
 # %%
-pgd_column = [c for c in accuracy_table.columns if c.startswith("PGD")][0]
+pgd_column, strong_column = [c for c in accuracy_table.columns if c.startswith("PGD")]
 clean_column = [c for c in accuracy_table.columns if c.startswith("clean accuracy (") and "lossless" not in c][0]
-long = accuracy_table[[clean_column, pgd_column]].rename(
-    columns={clean_column: "clean", pgd_column: f"PGD eps={pgd_eps * 255:.0f}/255"}
+long = accuracy_table[[clean_column, pgd_column, strong_column]].rename(
+    columns={clean_column: "clean", pgd_column: f"PGD-{settings.pgd_steps}",
+             strong_column: f"PGD-{strong_steps} x {restarts}"}
 ).reset_index().melt(id_vars="model", var_name="evaluation", value_name="accuracy")
 plt.figure(figsize=(7, 3.5))
 sns.barplot(long, x="model", y="accuracy", hue="evaluation")
 plt.ylim(0, 1)
-plt.title(f"CIFAR-10 accuracy ({settings.name} profile)")
+plt.title(f"CIFAR-10 accuracy, PGD at eps {pgd_eps * 255:.0f}/255 ({settings.name} profile)")
 plt.show()
 
 # %% [markdown]
@@ -180,9 +189,12 @@ ledger.test(
 ledger.test(
     "B0.2", paper="book",
     claim="The FGSM-trained LeNet is at least 10 points more accurate than the natural one under PGD.",
-    measured="correct under PGD, FGSM-trained minus natural, per image (same images, same attack seed)",
-    setting=f"PGD-{settings.pgd_steps}, eps {pgd_eps * 255:.0f}/255, random start, {len(attacked)} test images",
-    parts={"lenet_fgsm - lenet_natural": (pgd_correct["lenet_fgsm"], pgd_correct["lenet_natural"])}, threshold=0.10)
+    measured="correct under every PGD restart, FGSM-trained minus natural, per image (same images and seeds)",
+    setting=(f"PGD-{strong_steps} with {restarts} random restarts, eps {pgd_eps * 255:.0f}/255, {len(attacked)} test "
+             f"images; with the profile's PGD-{settings.pgd_steps} the gap is "
+             f"{(pgd_correct['lenet_fgsm'] - pgd_correct['lenet_natural']).mean():.3f}"),
+    parts={"lenet_fgsm - lenet_natural": (strong_correct["lenet_fgsm"], strong_correct["lenet_natural"])},
+    threshold=0.10)
 ledger.table()
 
 # %% [markdown]
