@@ -28,6 +28,7 @@ SMALL = {  # options that keep every explainer cheap in tests
     "vargrad": {"samples": 5},
     "rise": {"masks": 12, "grid_size": 3},
     "relex": {"iterations": 2, "samples": 3},
+    "mask_search": {"passes": 20, "grid_size": 3},
 }
 
 

@@ -9,6 +9,7 @@ from .faithfulness import SUBSTRATES, deletion_auc, insertion_auc, retrieval
 from .robustness import max_sensitivity
 from .sanity import model_randomisation, randomize_parameters
 from . import cleaning, reliability  # paper C: the adversarial reliability measure, map cleaning
+from . import reconstruction  # paper D: GAN inpainting of the salient region, class retention
 from . import attribution_robustness  # paper E: random-perturbation similarity, alignment diagnostics
 
 __all__ = [

@@ -30,6 +30,7 @@ One module per family; each method registers itself in :data:`EXPLAINERS` next t
 
 from .gradient import IG_METHODS, grad_x_input, gradient, ig_rule, integrated_gradients
 from .layer_rules import gradcam, guided_backprop, lrp_epsilon
+from .mask_search import mask_search, mask_search_trace, normalise_search_map  # paper D
 from .noise import smoothgrad, smoothgrad_squared, vargrad
 from .objective import OUTPUTS
 from .registry import EXPLAINERS, Explainer, get_explainer, register

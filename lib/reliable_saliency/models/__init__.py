@@ -4,6 +4,7 @@ Trained models come from :mod:`..training.zoo`."""
 from .architectures import (
     ARCHITECTURES, LeNet, MnistCNN, build, cifar_resnet18, efficientnet_lite0, torchvision_imagenet,
 )
+from .inpainter import DCGANDiscriminator, DCGANGenerator, build_dcgan, tanh_space, uniform_latents  # paper D
 from .smoothing import to_softplus
 
 __all__ = [

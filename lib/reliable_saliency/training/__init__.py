@@ -2,6 +2,7 @@
 regularisers, accuracy) and the zoo of named recipes that train on first use and cache verified
 checkpoints."""
 
+from .gan import GAN_RECIPES, GanConfig, GanRecipe, gan_checkpoint_path, load_gan, train_gan  # paper D
 from .loops import TrainConfig, augment_crop_flip, correct_per_image, evaluate, train
 from .regularisers import REGULARISERS, RegularisedLoss, Regulariser, penalty, regularised_loss
 from .zoo import RECIPES, CorruptCheckpointError, Recipe, checkpoint_path, load_model
