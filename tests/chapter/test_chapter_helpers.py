@@ -82,6 +82,7 @@ def test_verdicts_page_from_claims_files(tmp_path):
     page = verdicts_page.render_page(tmp_path)
     assert "1 claims from 1 chapters (02_relex): 1 holds" in page
     assert "x &lt;b&gt; y" in page  # claim text is escaped
+    assert '<table class="claims-chapters">' in page and "<td style=\"text-align:left\">02_relex</td>" in page
 
 
 def test_run_helpers():

@@ -28,6 +28,12 @@ This page is generated from `book/claims/*.json` at every build; do not edit it.
 {counts}
 
 ```{{raw}} html
+{chapters}
+```
+
+## Every claim
+
+```{{raw}} html
 {table}
 ```
 """
@@ -37,12 +43,25 @@ def render_page(claims_dir: Path) -> str:
     """The page's Markdown for the claims files in ``claims_dir`` (none yet: says so)."""
     claims = load_claims(claims_dir) if claims_dir.is_dir() else []
     if not claims:
-        return PAGE.format(counts="No chapter has written its claims yet.", table="")
+        return PAGE.format(counts="No chapter has written its claims yet.", chapters="", table="")
     chapters = sorted({c["chapter"] for c in claims})
     counts = ", ".join(f"{sum(c['verdict'] == v for c in claims)} {v}" for v in VERDICTS
                        if any(c["verdict"] == v for c in claims))
     counts = f"{len(claims)} claims from {len(chapters)} chapters ({', '.join(chapters)}): {counts}."
-    return PAGE.format(counts=counts, table=claims_html(claims))
+    return PAGE.format(counts=counts, chapters=_chapters_html(claims, chapters), table=claims_html(claims))
+
+
+def _chapters_html(claims: list[dict], chapters: list[str]) -> str:
+    """One row per chapter: its profile(s) and how many claims got each verdict."""
+    head = "".join(f'<th style="text-align:left">{h}</th>' for h in ("chapter", "profile", "claims", *VERDICTS))
+    rows = []
+    for chapter in chapters:
+        own = [c for c in claims if c["chapter"] == chapter]
+        cells = [chapter, ", ".join(sorted({c["profile"] for c in own})), str(len(own)),
+                 *(str(sum(c["verdict"] == v for c in own)) for v in VERDICTS)]
+        rows.append("<tr>" + "".join(f'<td style="text-align:left">{x}</td>' for x in cells) + "</tr>")
+    return f'<table class="claims-chapters"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
 
 
 def _write(app, config) -> None:
