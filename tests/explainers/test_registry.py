@@ -29,6 +29,7 @@ SMALL = {  # options that keep every explainer cheap in tests
     "rise": {"masks": 12, "grid_size": 3},
     "relex": {"iterations": 2, "samples": 3},
     "mask_search": {"passes": 20, "grid_size": 3},
+    "dance": {"steps": 2, "stride": 4},
 }
 
 

@@ -28,6 +28,7 @@ the score of the target class that is differentiated.
 One module per family; each method registers itself in :data:`EXPLAINERS` next to its definition.
 """
 
+from .dance import dance  # paper B; decoys: reliable_saliency.explainers.decoys
 from .gradient import IG_METHODS, grad_x_input, gradient, ig_rule, integrated_gradients
 from .layer_rules import gradcam, guided_backprop, lrp_epsilon
 from .mask_search import mask_search, mask_search_trace, normalise_search_map  # paper D
