@@ -12,7 +12,7 @@ SMOKE_DIR := _build/smoke
 # The book's own trained models (sha256-verified by the zoo), so `make book` need not retrain them.
 export RELIABLE_SALIENCY_CHECKPOINTS ?= $(CURDIR)/book/checkpoints
 
-.PHONY: env book chapters chapter test unit nbval smoke-book notebooks lock clean
+.PHONY: env book chapters chapter test unit nbval smoke-book browser notebooks lock clean
 
 # The environment holds the pinned dependencies only; the library is always imported from this
 # checkout's lib/ (PYTHONPATH, inherited by papermill's and nbval's kernels), so one environment
@@ -46,7 +46,7 @@ book: chapters
 	$(BIN)/jupyter-book build --quiet .
 	@echo "book: $(CURDIR)/_build/html/index.html"
 
-test: unit nbval smoke-book
+test: unit nbval smoke-book browser
 
 unit: env
 	$(BIN)/python -m pytest tests -q
@@ -68,6 +68,16 @@ nbval: notebooks
 smoke-book: nbval
 	cp -r _config.yml _toc.yml $(SMOKE_DIR)/ && cp book/*.md book/*.bib $(SMOKE_DIR)/book/
 	$(BIN)/jupyter-book build --quiet -W -n --keep-going $(SMOKE_DIR)
+
+# The built smoke site in headless Chromium (Debian's `chromium`, or $CHROMIUM): every page opened,
+# fails on a broken image, a broken internal link or anchor, an error output cell, a search that
+# finds no chapter; full-page screenshots under _build/screenshots/. Checks the site smoke-book left
+# (run that first); `make test` runs it last.
+SEARCH_TERMS ?= Ghorbani SmoothGrad
+browser: env
+	@test -f $(SMOKE_DIR)/_build/html/index.html || { echo "browser: no site in $(SMOKE_DIR)/_build/html; run make smoke-book first"; exit 2; }
+	$(BIN)/python tests/browser/check_site.py $(SMOKE_DIR)/_build/html --screenshots _build/screenshots \
+	  $(foreach term,$(SEARCH_TERMS),--search $(term))
 
 # Re-pin every package from the current environment.
 lock: env
