@@ -11,9 +11,10 @@ from .common import GhorbaniResult, ManipulationResult
 from .dombrowski import dombrowski_attack
 from .frame import frame_attack, frame_target
 from .ghorbani import OBJECTIVES, ghorbani_attack, random_sign_noise
+from .masked_retrieval import MaskedRetrievalResult, masked_retrieval_attack
 from .predictions import fgsm, pgd
 
 __all__ = [
     "fgsm", "pgd", "ghorbani_attack", "random_sign_noise", "dombrowski_attack", "frame_attack", "frame_target",
-    "OBJECTIVES", "GhorbaniResult", "ManipulationResult",
+    "OBJECTIVES", "GhorbaniResult", "ManipulationResult", "masked_retrieval_attack", "MaskedRetrievalResult",
 ]
