@@ -37,7 +37,7 @@ profile = "smoke"  # smoke | book | paper
 device = "auto"  # auto | cpu | cuda
 seed = 0
 attack_images = None  # correctly classified test images attacked (None: eval_images / 5 of the profile)
-mc_attack_images = None  # images for the costlier SmoothGrad / IG attacks (None: attack_images / 4)
+mc_attack_images = None  # images for the costlier SmoothGrad / IG attacks (None: per profile, else attack_images / 4)
 attack_steps = None  # Ghorbani iterations (None: from the profile)
 mc_samples = None  # SmoothGrad samples for the maps that are *measured* (None: from the profile)
 ig_steps = None  # IG steps for the maps that are measured (None: from the profile)
@@ -75,18 +75,21 @@ from reliable_saliency.training import evaluate, zoo
 EPS_CURVE = [1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255]
 SIZES = {  # sizes this chapter sets per profile (the shared ones come from the profile)
     "smoke": dict(surrogate_sizes=[2, 4], eps_curve=[4 / 255, 8 / 255], manipulation_steps=20, manipulation_pairs=4,
-                  softplus_betas=[3.0], imagenet_images=0),
+                  softplus_betas=[3.0], imagenet_images=0, mc_attack_images=None),
+    # book: sized to run in about 25 minutes on 2 CPU cores (SmoothGrad / IG attacks on 25 images, one
+    # smoothed model); the paper profile keeps beta 10 and more images
     "book": dict(surrogate_sizes=[4, 16], eps_curve=EPS_CURVE, manipulation_steps=1500, manipulation_pairs=50,
-                 softplus_betas=[3.0, 10.0], imagenet_images=4),
+                 softplus_betas=[3.0], imagenet_images=2, mc_attack_images=25),
     "paper": dict(surrogate_sizes=[4, 16, 50], eps_curve=EPS_CURVE, manipulation_steps=1500, manipulation_pairs=100,
-                  softplus_betas=[3.0, 10.0], imagenet_images=8),
+                  softplus_betas=[3.0, 10.0], imagenet_images=8, mc_attack_images=None),
 }
 settings = experiment.resolve_profile(profile, attack_steps=attack_steps, mc_samples=mc_samples, ig_steps=ig_steps)
 chosen = {key: value if value is not None else SIZES[settings.name][key] for key, value in dict(
     surrogate_sizes=surrogate_sizes, eps_curve=eps_curve, manipulation_steps=manipulation_steps,
-    manipulation_pairs=manipulation_pairs, softplus_betas=softplus_betas, imagenet_images=imagenet_images).items()}
+    manipulation_pairs=manipulation_pairs, softplus_betas=softplus_betas, imagenet_images=imagenet_images,
+    mc_attack_images=mc_attack_images).items()}
 n_attacked = attack_images or max(8, settings.eval_images // 5)
-n_mc_attacked = mc_attack_images or max(4, n_attacked // 4)
+n_mc_attacked = chosen["mc_attack_images"] or max(4, n_attacked // 4)
 run_device = experiment.pick_device(device)
 experiment.seed_everything(seed)
 use_book_style()
