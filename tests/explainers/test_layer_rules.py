@@ -1,5 +1,5 @@
 """Methods with layer hooks or gradient rules (reliable_saliency.explainers.layer_rules: Grad-CAM,
-guided backprop, LRP-epsilon) against closed forms, captum and zennit."""
+guided backprop, guided Grad-CAM, LRP-epsilon) against closed forms, captum and zennit."""
 
 from __future__ import annotations
 
@@ -100,6 +100,47 @@ def test_guided_backprop_matches_captum(cnn_case, inplace):
                 module.inplace = True
     ref = captum_attr.GuidedBackprop(copy.deepcopy(model)).attribute(x.clone().requires_grad_(), target=t)
     torch.testing.assert_close(explainers.guided_backprop(model, x, t), ref)
+
+
+@pytest.mark.parametrize("layer", ["3", "4"])
+def test_guided_gradcam_matches_captum_guided_gradcam(cnn_case, layer):
+    model, x, t = cnn_case
+    oracle = copy.deepcopy(model)
+    ref = captum_attr.GuidedGradCam(oracle, oracle.get_submodule(layer)).attribute(
+        x.clone().requires_grad_(), target=t, interpolate_mode="bilinear")
+    got = explainers.guided_gradcam(model, x, t, layer=layer)
+    assert got.shape == x.shape
+    torch.testing.assert_close(got, ref)
+
+
+def test_guided_gradcam_is_the_product_of_the_two_library_maps(cnn_case):
+    """Default layer, other outputs, chunking: always guided backprop x the upsampled Grad-CAM."""
+    model, x, t = cnn_case
+    for output in ("logit", "probability"):
+        product = explainers.guided_backprop(model, x, t, output=output) * explainers.gradcam(
+            model, x, t, output=output)
+        for batch_size in (1, 64):
+            torch.testing.assert_close(
+                explainers.guided_gradcam(model, x, t, output=output, batch_size=batch_size), product)
+    assert explainers.EXPLAINERS["guided_gradcam"] is explainers.guided_gradcam
+
+
+def test_guided_gradcam_create_graph_is_differentiable(rng):
+    """create_graph=True: the same map, and its derivative w.r.t. x matches finite differences."""
+    torch.manual_seed(4)
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1), nn.Softplus(beta=2.0), nn.AvgPool2d(2),
+        nn.Conv2d(2, 3, 3, padding=1), nn.Softplus(beta=2.0), nn.Flatten(), nn.Linear(27, 4),
+    ).double().eval()
+    x = torch.randn((2, 1, 6, 6), generator=rng, dtype=torch.float64)
+    t = torch.tensor([1, 3])
+
+    def of_x(z):
+        return explainers.guided_gradcam(model, z, t, create_graph=True, layer="4")
+
+    torch.testing.assert_close(of_x(x.clone().requires_grad_(True)).detach(),
+                               explainers.guided_gradcam(model, x, t, layer="4"))
+    assert torch.autograd.gradcheck(of_x, (x.clone().requires_grad_(True),), eps=1e-6, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("epsilon", [1e-9, 0.05, 1.0])

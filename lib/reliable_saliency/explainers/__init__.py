@@ -30,7 +30,7 @@ One module per family; each method registers itself in :data:`EXPLAINERS` next t
 
 from .dance import dance  # paper B; decoys: reliable_saliency.explainers.decoys
 from .gradient import IG_METHODS, grad_x_input, gradient, ig_rule, integrated_gradients
-from .layer_rules import gradcam, guided_backprop, lrp_epsilon
+from .layer_rules import gradcam, guided_backprop, guided_gradcam, lrp_epsilon
 from .mask_search import mask_search, mask_search_trace, normalise_search_map  # paper D
 from .noise import smoothgrad, smoothgrad_squared, vargrad
 from .objective import OUTPUTS
@@ -42,6 +42,6 @@ __all__ = [
     "OUTPUTS", "IG_METHODS", "EXPLAINERS", "Explainer", "register", "get_explainer",
     "gradient", "grad_x_input", "ig_rule", "integrated_gradients",
     "smoothgrad", "smoothgrad_squared", "vargrad",
-    "gradcam", "guided_backprop", "lrp_epsilon", "rise",
+    "gradcam", "guided_backprop", "guided_gradcam", "lrp_epsilon", "rise",
     "relex", "relex_loss",
 ]

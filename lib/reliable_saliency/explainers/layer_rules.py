@@ -1,4 +1,5 @@
-"""Methods that act on layers through hooks: Grad-CAM, guided backpropagation, LRP-epsilon."""
+"""Methods that act on layers through hooks: Grad-CAM, guided backpropagation, guided Grad-CAM,
+LRP-epsilon."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from ..core.options import number
 from .objective import Objective, batched_gradient, graph_input
 from .registry import register
 
-__all__ = ["gradcam", "guided_backprop", "lrp_epsilon"]
+__all__ = ["gradcam", "guided_backprop", "guided_gradcam", "lrp_epsilon"]
 
 
 def _resolve_layer(model: nn.Module, layer) -> nn.Module:
@@ -129,6 +130,19 @@ def guided_backprop(
 
 def _guided_rule(grad: Tensor, out: Tensor) -> Tensor:
     return grad.clamp(min=0)
+
+
+@register("guided_gradcam")
+def guided_gradcam(
+    model, x, target, *, create_graph=False, generator=None, batch_size=None, output="logit", layer=None,
+) -> Tensor:
+    """Guided Grad-CAM (Selvaraju et al.): guided backpropagation times the Grad-CAM map of ``layer``
+    (bilinearly upsampled to the input size, as :func:`gradcam`), the one-channel map broadcast over
+    the input's channels. Shape of ``x``; captum's ``GuidedGradCam`` with
+    ``interpolate_mode="bilinear"``. ``layer`` as in :func:`gradcam`."""
+    common = dict(create_graph=create_graph, batch_size=batch_size, output=output)
+    cam = gradcam(model, x, target, layer=layer, **common)
+    return guided_backprop(model, x, target, **common) * cam
 
 
 _LRP_LINEAR = (
