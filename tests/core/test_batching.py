@@ -39,3 +39,19 @@ def test_default_batch_size_rule():
     assert batching.default_batch_size(torch.zeros(1, 1, 28, 28)) == 64 * 1024 // 784
     with pytest.raises(ValueError, match="batch_size"):
         batching.resolve_batch_size(0, torch.zeros(1, 3, 8, 8))
+
+
+def test_resolve_seeds_checks_given_seeds_or_draws_them_in_order():
+    import pytest
+
+    from reliable_saliency.core.batching import image_seeds, resolve_seeds
+
+    drawn = resolve_seeds(None, torch.Generator().manual_seed(4), 3)
+    assert drawn == image_seeds(torch.Generator().manual_seed(4), 3)
+    assert resolve_seeds(torch.tensor([5, 6]), None, 2) == [5, 6]
+    with pytest.raises(ValueError, match="either generator or seeds"):
+        resolve_seeds([1, 2], torch.Generator(), 2)
+    with pytest.raises(ValueError, match="sequence of 3 ints"):
+        resolve_seeds([1, 2], None, 3)
+    with pytest.raises(ValueError, match="seeds entry must be an int"):
+        resolve_seeds([1, -2], None, 2)

@@ -27,6 +27,7 @@ __all__ = [
     "rows_of",
     "reduce_rows",
     "image_seeds",
+    "resolve_seeds",
     "ImageNoise",
 ]
 
@@ -104,6 +105,25 @@ def image_seeds(generator: torch.Generator | None, n: int) -> list[int]:
     """``n`` seeds drawn from ``generator`` (the global RNG when None), one per image."""
     device = generator.device if generator is not None else "cpu"
     return torch.randint(0, 2**62, (n,), generator=generator, device=device).tolist()
+
+
+def resolve_seeds(seeds, generator: torch.Generator | None, n: int) -> list[int]:
+    """One seed per image: ``seeds`` checked (a sequence or tensor of ``n`` non-negative ints, so
+    an image explained alone, or in any call, gets its own draws), else ``n`` seeds drawn in order
+    from ``generator`` (:func:`image_seeds`). Giving both is an error."""
+    from collections.abc import Sequence
+
+    from .options import integer
+
+    if seeds is None:
+        return image_seeds(generator, n)
+    if generator is not None:
+        raise ValueError("pass either generator or seeds (one per image), not both")
+    if isinstance(seeds, Tensor):
+        seeds = seeds.tolist()
+    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence) or len(seeds) != n:
+        raise ValueError(f"seeds must be a sequence of {n} ints (one per image), got {seeds!r}")
+    return [integer("seeds entry", seed, 0, 2**63 - 1, "one per image") for seed in seeds]
 
 
 class ImageNoise:

@@ -139,6 +139,8 @@ class Run:
     seed: int
     started_at: str
     started: float = field(repr=False)
+    sources: str = field(default_factory=lambda: library_hash())  # fixed when the run starts
+    git: str = field(default_factory=lambda: _git_commit())
 
     @property
     def wall_seconds(self) -> float:
@@ -148,7 +150,7 @@ class Run:
         return {
             "chapter": self.chapter, "profile": self.profile.name, "device": self.device,
             "data": self.data_source, "seed": self.seed, "library": __version__,
-            "sources": library_hash(), "git": _git_commit(), "torch": torch.__version__,
+            "sources": self.sources, "git": self.git, "torch": torch.__version__,
             "python": platform.python_version(), "threads": torch.get_num_threads(),
             "started": self.started_at, "wall_seconds": round(self.wall_seconds, 1),
         }

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..core.batching import chunk_ranges, image_seeds, resolve_batch_size
+from ..core.batching import chunk_ranges, resolve_batch_size, resolve_seeds
 from ..core.options import integer, number
 from ..core.references import make_baseline
 from .objective import Objective, graph_input
@@ -73,19 +73,6 @@ class _Streams:
         return self.block[:, t - self.start]
 
 
-def _resolve_seeds(seeds, generator, n: int) -> list[int]:
-    """``seeds`` checked (one int per image), else ``n`` seeds drawn in order from ``generator``."""
-    if seeds is None:
-        return image_seeds(generator, n)
-    if generator is not None:
-        raise ValueError("pass either generator or seeds (one per image), not both")
-    if isinstance(seeds, Tensor):
-        seeds = seeds.tolist()
-    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence) or len(seeds) != n:
-        raise ValueError(f"seeds must be a sequence of {n} ints (one per image), got {seeds!r}")
-    return [integer("seeds entry", seed, 0, 2**63 - 1, "one per image") for seed in seeds]
-
-
 def _check_options(grid_size, initial_density, rate, momentum, mean_fraction, normalise):
     if not isinstance(normalise, bool):
         raise ValueError(f"normalise must be True or False, got {normalise!r}")
@@ -119,7 +106,7 @@ def _search(model, x, target, *, create_graph, generator, seeds, batch_size, che
         cols = up_w[shift[:, 1:] + span_w]  # (B, W, s)
         return torch.bmm(torch.bmm(rows, grid), cols.transpose(1, 2)).unsqueeze(1)
 
-    seeds = _resolve_seeds(seeds, generator, n)
+    seeds = resolve_seeds(seeds, generator, n)
     source = graph_input(x, create_graph)
     base = make_baseline(source, baseline, blur_sigma)
     chunks = []

@@ -10,12 +10,11 @@ depends neither on the chunk size nor on the other images of the call.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-from ..core.batching import image_seeds, reduce_rows, resolve_batch_size, rows_of
+from ..core.batching import image_seeds, reduce_rows, resolve_batch_size, resolve_seeds, rows_of
 from ..core.inputs import check_targets
 from ..core.options import batch_size as check_batch_size
 from ..core.options import float_tensor, integer, number
@@ -106,18 +105,6 @@ class _ImageStreams:
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
 
-def _check_seeds(seeds, generator, n: int) -> list[int]:
-    if seeds is None:
-        return image_seeds(generator, n)
-    if generator is not None:
-        raise ValueError("pass either generator or seeds (one per image), not both")
-    if isinstance(seeds, Tensor):
-        seeds = seeds.tolist()
-    if not isinstance(seeds, Sequence) or len(seeds) != n:
-        raise ValueError(f"seeds must be a sequence of {n} ints (one per image), got {seeds!r}")
-    return [integer("seeds", seed, 0, 2**63 - 1, "one per image") for seed in seeds]
-
-
 def _mask_gradient_rows(objective, inputs, target, delete, lambda2, create_graph) -> Tensor:
     """d(loss terms)/d(inputs) of a chunk of rows (one model pass)."""
     if not create_graph:
@@ -179,7 +166,7 @@ def relex(
     init_scale = number("init_scale", init_scale, maximum=1.0)
     batch_size = resolve_batch_size(check_batch_size(batch_size), x)
     n, per_image = x.shape[0], 2 * samples
-    streams = _ImageStreams(_check_seeds(seeds, generator, n), samples, x.shape[1:],
+    streams = _ImageStreams(resolve_seeds(seeds, generator, n), samples, x.shape[1:],
                             device=x.device, dtype=x.dtype)
     source = graph_input(x, create_graph)
     flat = source.flatten(1)
