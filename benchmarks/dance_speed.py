@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from reliable_saliency.core.batching import resolve_batch_size
+from reliable_saliency.core.experiment import atomic_write
 from reliable_saliency.explainers import dance, gradient
 from reliable_saliency.explainers.decoys import make_decoys, patch_positions
 
@@ -188,11 +189,8 @@ def main(argv=None) -> dict:
               "images": args.images, "positions": positions, "passes": {"full_fwd_bwd": full_passes,
               "solver_fwd_bwd": solver_fb, "solver_fwd": solver_f}, "best_pass_seconds": best,
               "rows": rows, "loop_vs_batched_relative_difference": gap}
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(report, indent=2, default=str))
-        os.replace(tmp, args.out)
+    if args.out:  # atomically, as every file the project writes
+        atomic_write(args.out, lambda tmp: tmp.write_text(json.dumps(report, indent=2, default=str)))
     return report
 
 

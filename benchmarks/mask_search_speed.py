@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from reliable_saliency.core.batching import image_seeds
+from reliable_saliency.core.experiment import atomic_write
 from reliable_saliency.explainers import mask_search, rise
 
 from .compare_peers import load_inputs
@@ -141,11 +142,8 @@ def main(argv=None) -> dict:
                "load_average": os.getloadavg()}
     report = {"machine": machine, "source": source, "weights": args.weights, "options": options,
               "rows": rows, "max_map_difference_batched_vs_loop": gap}
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(report, indent=2, default=str))
-        os.replace(tmp, args.out)
+    if args.out:  # atomically, as every file the project writes
+        atomic_write(args.out, lambda tmp: tmp.write_text(json.dumps(report, indent=2, default=str)))
     return report
 
 

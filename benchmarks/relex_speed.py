@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from reliable_saliency.core.batching import image_seeds, resolve_batch_size
+from reliable_saliency.core.experiment import atomic_write
 from reliable_saliency.explainers import relex
 
 from .compare_peers import load_inputs
@@ -175,11 +176,8 @@ def main(argv=None) -> dict:
     report = {"machine": machine, "source": source, "weights": args.weights,
               "options": options, "bound_seconds_per_input": bound, "rows": rows,
               "mask_difference_batched_vs_loop": difference, "load_average": os.getloadavg()}
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(report, indent=2, default=str))
-        os.replace(tmp, args.out)
+    if args.out:  # atomically, as every file the project writes
+        atomic_write(args.out, lambda tmp: tmp.write_text(json.dumps(report, indent=2, default=str)))
     return report
 
 

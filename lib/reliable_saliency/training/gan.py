@@ -30,7 +30,7 @@ from .. import data as datasets
 from ..core.experiment import atomic_torch_save, atomic_write, cache_dir, resolve_profile
 from ..core.options import integer, number
 from ..models.inpainter import DCGANDiscriminator, DCGANGenerator, build_dcgan, uniform_latents
-from .zoo import CorruptCheckpointError, _existing, _sha256
+from .zoo import CorruptCheckpointError, find_checkpoint, file_sha256
 
 __all__ = ["GanConfig", "GanResult", "GanRecipe", "GAN_RECIPES", "train_gan", "gan_checkpoint_path", "load_gan"]
 
@@ -211,7 +211,7 @@ def _load_verified(path: Path, recipe: GanRecipe) -> tuple[DCGANGenerator, DCGAN
     if not meta_path.exists():
         raise CorruptCheckpointError(f"checkpoint {path} has no sidecar {meta_path.name} with its sha256. {fix}")
     meta = json.loads(meta_path.read_text())
-    if _sha256(path) != meta.get("sha256"):
+    if file_sha256(path) != meta.get("sha256"):
         raise CorruptCheckpointError(f"checkpoint {path} does not match its recorded sha256 (damaged or edited). {fix}")
     generator, discriminator = recipe.build()
     try:
@@ -236,7 +236,7 @@ def load_gan(
     data source, training history and seconds)."""
     recipe = _recipe_or_raise(name, profile)
     path = gan_checkpoint_path(name, profile)
-    found = None if retrain else _existing(path)
+    found = None if retrain else find_checkpoint(path)
     if found is not None:
         generator, discriminator, meta = _load_verified(found, recipe)
     else:
@@ -260,7 +260,7 @@ def load_gan(
             "settings": dataclasses.asdict(recipe), "data_source": train_set.source,
             "train_images": len(train_set), "history": result.history,
             "train_seconds": time.perf_counter() - started, "resumed_from_epoch": result.resumed_from_epoch,
-            "torch": torch.__version__, "sha256": _sha256(path),
+            "torch": torch.__version__, "sha256": file_sha256(path),
         }
         atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(meta, indent=1)))
         state_path.unlink(missing_ok=True)

@@ -30,7 +30,8 @@ from ..core.experiment import atomic_write, cache_dir, resolve_profile
 from .loops import TrainConfig, evaluate, train
 from .regularisers import Regulariser
 
-__all__ = ["Recipe", "RECIPES", "load_model", "checkpoint_path", "CorruptCheckpointError", "CHECKPOINTS_ENV"]
+__all__ = ["Recipe", "RECIPES", "load_model", "checkpoint_path", "find_checkpoint", "file_sha256",
+           "CorruptCheckpointError", "CHECKPOINTS_ENV"]
 
 CHECKPOINTS_ENV = "RELIABLE_SALIENCY_CHECKPOINTS"
 
@@ -231,7 +232,7 @@ def checkpoint_path(name: str, profile: str) -> Path:
     return cache_dir("zoo") / f"{name}-{profile}-{digest}.pt"
 
 
-def _existing(path: Path) -> Path | None:
+def find_checkpoint(path: Path) -> Path | None:
     """The cached checkpoint, else one with the same name in a folder of ``$RELIABLE_SALIENCY_CHECKPOINTS``."""
     if path.exists():
         return path
@@ -241,7 +242,7 @@ def _existing(path: Path) -> Path | None:
     return None
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
@@ -255,7 +256,7 @@ def _load_verified(path: Path, recipe: Recipe) -> tuple[nn.Module, dict]:
     if not meta_path.exists():
         raise CorruptCheckpointError(f"checkpoint {path} has no sidecar {meta_path.name} with its sha256. {fix}")
     meta = json.loads(meta_path.read_text())
-    if _sha256(path) != meta.get("sha256"):
+    if file_sha256(path) != meta.get("sha256"):
         raise CorruptCheckpointError(f"checkpoint {path} does not match its recorded sha256 (damaged or edited). {fix}")
     model = _build(recipe)
     try:
@@ -280,7 +281,7 @@ def load_model(
     """
     recipe = _recipe_or_raise(name)
     path = checkpoint_path(name, profile)
-    found = None if retrain else _existing(path)
+    found = None if retrain else find_checkpoint(path)
     if found is not None:
         model, meta = _load_verified(found, recipe)
     else:
@@ -302,7 +303,7 @@ def load_model(
             "train_images": len(train_set), "history": result.history,
             "train_seconds": time.perf_counter() - started, "resumed_from_epoch": result.resumed_from_epoch,
             "test_accuracy": evaluate(model, test_set), "test_source": test_set.source,
-            "torch": torch.__version__, "sha256": _sha256(path),
+            "torch": torch.__version__, "sha256": file_sha256(path),
         }
         atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(meta, indent=1)))
         state_path.unlink(missing_ok=True)
