@@ -90,7 +90,7 @@ def train_gan(
         discriminator.load_state_dict(state["discriminator"])
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
-        order_rng.set_state(state["order_rng"])
+        order_rng.set_state(state["order_rng"].cpu())  # loaded onto the device with the rest
         latent_rng.set_state(state["latent_rng"].to(latent_rng.get_state().device))
         result.history = list(state["history"])
         start_epoch = result.resumed_from_epoch = int(state["epoch"])

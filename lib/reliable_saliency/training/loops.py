@@ -127,7 +127,7 @@ def train(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"])
+        generator.set_state(state["generator"].cpu())  # loaded onto the device with the rest
         attack_generator.set_state(state["attack_generator"].to(attack_generator.get_state().device))
         result.history = list(state["history"])
         start_epoch = result.resumed_from_epoch = int(state["epoch"])
