@@ -35,11 +35,11 @@ notebooks: env
 # Extra parameters: make chapter NB=00_data_and_models PROFILE=smoke ARGS="-p eval_images 200"
 chapter: notebooks
 	@test -n "$(NB)" || { echo "usage: make chapter NB=<notebook name without extension> [PROFILE=...] [ARGS=...]"; exit 2; }
-	$(BIN)/python -m reliable_saliency.chapter.run notebooks/$(NB).ipynb book/chapters --profile $(PROFILE) $(ARGS)
+	$(BIN)/python -m reliable_saliency run $(NB) --profile $(PROFILE) $(ARGS)
 
 chapters: notebooks
-	for nb in $(NOTEBOOKS); do \
-	  $(BIN)/python -m reliable_saliency.chapter.run $$nb book/chapters --profile $(PROFILE) || exit 1; \
+	for nb in $(SOURCES); do \
+	  $(BIN)/python -m reliable_saliency run $$(basename $$nb .py) --profile $(PROFILE) || exit 1; \
 	done
 
 book: chapters

@@ -22,15 +22,15 @@
 # ImageNet classifier the book uses where torchvision's weights cannot be downloaded.
 
 # %% tags=["parameters"]
-profile = "smoke"  # smoke | book | paper
-device = "auto"  # auto | cpu | cuda
-seed = 0
-eval_images = None  # test images attacked with PGD (None: from the profile)
-imagenet_images = None  # ImageNet sample images classified (None: from the profile)
-pgd_steps = None  # PGD iterations (None: from the profile)
-pgd_eps = 8 / 255  # PGD L-inf radius in pixel units
-strong_pgd = None  # (steps, restarts) of the stronger PGD behind the robustness check (None: per profile)
-models = ["lenet_natural", "lenet_fgsm"]  # zoo recipes to train or load
+profile: str = "smoke"  # smoke | book | paper
+device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
+seed: int = 0
+eval_images: int | None = None  # test images attacked with PGD (None: from the profile)
+imagenet_images: int | None = None  # ImageNet sample images classified (None: from the profile)
+pgd_steps: int | None = None  # PGD iterations (None: from the profile)
+pgd_eps: float = 8 / 255  # PGD L-inf radius in pixel units
+strong_pgd: tuple[int, int] | None = None  # (steps, restarts) of the stronger PGD behind the robustness check (None: per profile)
+models: list[str] = ["lenet_natural", "lenet_fgsm"]  # zoo recipes to train or load
 
 # %%
 import time

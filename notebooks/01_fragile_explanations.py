@@ -33,22 +33,22 @@
 # against its own random baseline.
 
 # %% tags=["parameters"]
-profile = "smoke"  # smoke | book | paper
-device = "auto"  # auto | cpu | cuda
-seed = 0
-attack_images = None  # correctly classified test images attacked (None: eval_images / 5 of the profile)
-mc_attack_images = None  # images for the costlier SmoothGrad / IG attacks (None: per profile, else attack_images / 4)
-attack_steps = None  # Ghorbani iterations (None: from the profile)
-mc_samples = None  # SmoothGrad samples for the maps that are *measured* (None: from the profile)
-ig_steps = None  # IG steps for the maps that are measured (None: from the profile)
-surrogate_sizes = None  # SmoothGrad samples / IG steps inside the attack gradient, swept (None: per profile)
-eps = 8 / 255  # L-inf budget in pixel units
-eps_curve = None  # budgets of the eps curve, gradient top-k attack (None: per profile)
-surrogate_beta = 10.0  # Softplus beta of the surrogate used to attack ReLU models
-manipulation_steps = None  # Dombrowski Adam steps (None: 1,500 as the paper; 20 at smoke)
-manipulation_pairs = None  # (image, target image) pairs for the Dombrowski manipulation (None: per profile)
-softplus_betas = None  # beta-smoothed copies of the natural model compared (None: per profile)
-imagenet_images = None  # ImageNet val images attacked with EfficientNet-Lite0 (None: per profile; 0 skips)
+profile: str = "smoke"  # smoke | book | paper
+device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
+seed: int = 0
+attack_images: int | None = None  # correctly classified test images attacked (None: eval_images / 5 of the profile)
+mc_attack_images: int | None = None  # images for the costlier SmoothGrad / IG attacks (None: per profile, else attack_images / 4)
+attack_steps: int | None = None  # Ghorbani iterations (None: from the profile)
+mc_samples: int | None = None  # SmoothGrad samples for the maps that are *measured* (None: from the profile)
+ig_steps: int | None = None  # IG steps for the maps that are measured (None: from the profile)
+surrogate_sizes: list[int] | None = None  # SmoothGrad samples / IG steps inside the attack gradient, swept (None: per profile)
+eps: float = 8 / 255  # L-inf budget in pixel units
+eps_curve: list[float] | None = None  # budgets of the eps curve, gradient top-k attack (None: per profile)
+surrogate_beta: float = 10.0  # Softplus beta of the surrogate used to attack ReLU models
+manipulation_steps: int | None = None  # Dombrowski Adam steps (None: 1,500 as the paper; 20 at smoke)
+manipulation_pairs: int | None = None  # (image, target image) pairs for the Dombrowski manipulation (None: per profile)
+softplus_betas: list[float] | None = None  # beta-smoothed copies of the natural model compared (None: per profile)
+imagenet_images: int | None = None  # ImageNet val images attacked with EfficientNet-Lite0 (None: per profile; 0 skips)
 
 # %%
 import time

@@ -34,31 +34,31 @@
 # the other explainers, never RelEx).
 
 # %% tags=["parameters"]
-profile = "smoke"  # smoke | book | paper
-device = "auto"  # auto | cpu | cuda
-seed = 0
-main_images = None  # test images of the main table, correct for both models (None: from SIZES below)
-sweep_images = None  # first main images used by the eps sweep and the ablations
-transfer_images = None  # first main images attacked with Ghorbani's top-k attack (transfer to RelEx)
-check_images = None  # first images also explained at the authors' settings (checks the reduction, seed floor)
-attack_images = None  # first main images attacked adaptively
-relex_iterations = None  # RelEx iterations (the authors: 50), kept in the reduced RelEx
-relex_samples = None  # noisy copies per iteration at the authors' settings (50)
-reduced_samples = None  # noisy copies per iteration of the reduced RelEx
-sg_samples = None  # SmoothGrad samples (the authors: 50, as RelEx's copies)
-ig_steps = None  # Integrated Gradients steps (the authors: 100)
-pgd_steps = None  # PGD iterations (the authors: 40 of 0.01 in normalised units)
-sweep_eps = None  # normalised PGD eps of the sweep (None: the paper's list; smoke: three of them)
-main_eps = 8 / 255  # PGD budget of the main table, pixel units
-ghorbani_steps = None  # iterations of the Ghorbani top-k attack (RelEx paper: 100)
-ghorbani_samples = 4  # SmoothGrad samples / IG steps inside the Ghorbani attack's gradient
-adaptive_steps = None  # sign steps of the adaptive attack (iterates kept at 1/4, 1/2 and all of them)
-adaptive_unroll = None  # [(iterations, copies), ...] of the unrolled RelEx inside the attack, shortest first
-adaptive_detached = None  # (iterations, copies) of the RelEx held constant in the detached (BPDA) attack
-lambda1_values = None  # lambda1 values of the sweep besides 0 and the authors' 1e-4
-imagenet_images = None  # ImageNet val-37 images of the qualitative figure
-imagenet_relex = None  # (iterations, copies) of RelEx on EfficientNet-Lite0
-loop_images = None  # images explained one at a time, in the authors' style, in the speed section
+profile: str = "smoke"  # smoke | book | paper
+device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
+seed: int = 0
+main_images: int | None = None  # test images of the main table, correct for both models (None: from SIZES below)
+sweep_images: int | None = None  # first main images used by the eps sweep and the ablations
+transfer_images: int | None = None  # first main images attacked with Ghorbani's top-k attack (transfer to RelEx)
+check_images: int | None = None  # first images also explained at the authors' settings (checks the reduction, seed floor)
+attack_images: int | None = None  # first main images attacked adaptively
+relex_iterations: int | None = None  # RelEx iterations (the authors: 50), kept in the reduced RelEx
+relex_samples: int | None = None  # noisy copies per iteration at the authors' settings (50)
+reduced_samples: int | None = None  # noisy copies per iteration of the reduced RelEx
+sg_samples: int | None = None  # SmoothGrad samples (the authors: 50, as RelEx's copies)
+ig_steps: int | None = None  # Integrated Gradients steps (the authors: 100)
+pgd_steps: int | None = None  # PGD iterations (the authors: 40 of 0.01 in normalised units)
+sweep_eps: list[float] | None = None  # normalised PGD eps of the sweep (None: the paper's list; smoke: three of them)
+main_eps: float = 8 / 255  # PGD budget of the main table, pixel units
+ghorbani_steps: int | None = None  # iterations of the Ghorbani top-k attack (RelEx paper: 100)
+ghorbani_samples: int = 4  # SmoothGrad samples / IG steps inside the Ghorbani attack's gradient
+adaptive_steps: int | None = None  # sign steps of the adaptive attack (iterates kept at 1/4, 1/2 and all of them)
+adaptive_unroll: list[tuple[int, int]] | None = None  # [(iterations, copies), ...] of the unrolled RelEx inside the attack, shortest first
+adaptive_detached: tuple[int, int] | None = None  # (iterations, copies) of the RelEx held constant in the detached (BPDA) attack
+lambda1_values: list[float] | None = None  # lambda1 values of the sweep besides 0 and the authors' 1e-4
+imagenet_images: int | None = None  # ImageNet val-37 images of the qualitative figure
+imagenet_relex: tuple[int, int] | None = None  # (iterations, copies) of RelEx on EfficientNet-Lite0
+loop_images: int | None = None  # images explained one at a time, in the authors' style, in the speed section
 
 # %%
 import os

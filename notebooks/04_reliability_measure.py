@@ -38,26 +38,26 @@
 # agrees with two other yardsticks of the book: deletion AUC and paper A's retrieval rate.
 
 # %% tags=["parameters"]
-profile = "smoke"  # smoke | book | paper
-device = "auto"  # auto | cpu | cuda
-seed = 0
-main_images = None  # lenet_natural test images of the main tables (correct for both models)
-fgsm_images = None  # first main images also measured on lenet_fgsm
-sg_samples = None  # SmoothGrad samples (the authors: 100, noise 0.2 of the image's range)
-relex_images = None  # first main images explained by RelEx on lenet_natural (about 5,000 passes each)
-relex_iterations = None  # RelEx iterations (the authors: 50)
-relex_samples = None  # RelEx noisy copies per iteration (the authors: 50)
-cleaning_images = None  # first main images whose maps are cleaned
-retrieval_images = None  # first main images attacked with PGD for paper A's retrieval rate
-loop_images = None  # images measured one at a time against one batched call (speed section)
-imagenet_images = None  # ImageNet val-37 images with EfficientNet-Lite0 (0 skips the section)
-imagenet_methods = None  # methods measured on ImageNet (each costs about a minute of CPU per image)
-iterations = None  # bisection steps after the scan (resolution: bracket / scan / 2**iterations)
-imagenet_iterations = None  # the same on ImageNet, where flip budgets per entry span a wider range
-permutations = 10  # random permutations per shuffled variant (the authors: 10)
-scan = 20  # equally spaced budgets tried before the bisection
-sigma_max_per_entry = 0.25  # search bracket: total L1 up to this x D (mean |change| per entry, pixels)
-pgd_eps = 8 / 255  # PGD budget for the retrieval rate, pixel units
+profile: str = "smoke"  # smoke | book | paper
+device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
+seed: int = 0
+main_images: int | None = None  # lenet_natural test images of the main tables (correct for both models)
+fgsm_images: int | None = None  # first main images also measured on lenet_fgsm
+sg_samples: int | None = None  # SmoothGrad samples (the authors: 100, noise 0.2 of the image's range)
+relex_images: int | None = None  # first main images explained by RelEx on lenet_natural (about 5,000 passes each)
+relex_iterations: int | None = None  # RelEx iterations (the authors: 50)
+relex_samples: int | None = None  # RelEx noisy copies per iteration (the authors: 50)
+cleaning_images: int | None = None  # first main images whose maps are cleaned
+retrieval_images: int | None = None  # first main images attacked with PGD for paper A's retrieval rate
+loop_images: int | None = None  # images measured one at a time against one batched call (speed section)
+imagenet_images: int | None = None  # ImageNet val-37 images with EfficientNet-Lite0 (0 skips the section)
+imagenet_methods: list[str] | None = None  # methods measured on ImageNet (each costs about a minute of CPU per image)
+iterations: int | None = None  # bisection steps after the scan (resolution: bracket / scan / 2**iterations)
+imagenet_iterations: int | None = None  # the same on ImageNet, where flip budgets per entry span a wider range
+permutations: int = 10  # random permutations per shuffled variant (the authors: 10)
+scan: int = 20  # equally spaced budgets tried before the bisection
+sigma_max_per_entry: float = 0.25  # search bracket: total L1 up to this x D (mean |change| per entry, pixels)
+pgd_eps: float = 8 / 255  # PGD budget for the retrieval rate, pixel units
 
 # %%
 import time

@@ -38,6 +38,7 @@ LAYERS = {
     "attacks": 3,
     "evaluation": 4, "training": 4,
     "claims": 5, "chapter": 5,
+    "__main__": 6,  # python -m reliable_saliency: the command line, above everything
 }
 # Packages whose own imports are restricted further than their layer allows.
 MAY_IMPORT_ONLY = {"claims": {"core"}}

@@ -41,3 +41,15 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
     with pytest.raises(RuntimeError):
         experiment.atomic_write(target, failing)
     assert not target.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_atomic_write_gives_a_normal_file_mode(tmp_path):
+    import os
+
+    from reliable_saliency.core.experiment import atomic_write
+
+    path = tmp_path / "out.txt"
+    atomic_write(path, lambda tmp: tmp.write_text("x"))
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # mkstemp's 0600 would hide it from the group

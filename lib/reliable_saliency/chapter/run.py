@@ -11,17 +11,18 @@ the output folder (``book/chapters`` -> ``book/claims``), through ``$RELIABLE_SA
 from __future__ import annotations
 
 import argparse
-import ast
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
 
 from ..claims import CLAIMS_DIR_ENV
+from .parameters import ParameterError, check_overrides, read_parameters
 from .rerun import RERUN_COMMAND_ENV
 from ..core.experiment import PROFILES, atomic_write
 
-__all__ = ["main", "claims_dir_for", "count_figures", "publishable"]
+__all__ = ["main", "execute_chapter", "claims_dir_for", "count_figures", "publishable"]
 
 
 def claims_dir_for(chapters_dir: Path) -> Path:
@@ -61,11 +62,45 @@ def no_figure_error(name: str) -> RuntimeError:
     )
 
 
-def _literal(text: str):
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
+def execute_chapter(notebook: Path, output_dir: Path, profile: str = "smoke",
+                    overrides: dict[str, str] | None = None) -> Path:
+    """Check ``overrides`` (parameter name -> command-line text) against the chapter's parameters
+    cell, then execute ``notebook`` at ``profile`` into ``output_dir`` (written on success only)."""
+    notebook, output_dir = Path(notebook), Path(output_dir)
+    if not notebook.exists():
+        raise FileNotFoundError(f"{notebook} does not exist (run `make notebooks` to create the paired .ipynb)")
+    if profile not in PROFILES:
+        raise ParameterError(f"profile must be one of {', '.join(PROFILES)} (got {profile!r})")
+    overrides = dict(overrides or {})
+    values = check_overrides(read_parameters(notebook), overrides, notebook.stem)
+    import nbformat
+    import papermill
+
+    parameters = {"profile": profile, **values}
+    output = output_dir / notebook.name
+    started = time.perf_counter()
+    print(f"executing {notebook} -> {output} with {parameters}", flush=True)
+    os.environ[CLAIMS_DIR_ENV] = str(claims_dir_for(output_dir))  # inherited by the kernel
+    extra = "".join(f" -p {name} {shlex.quote(text)}" for name, text in overrides.items())
+    os.environ[RERUN_COMMAND_ENV] = f"./reliable-saliency run {notebook.stem} --profile {profile}{extra}"
+
+    def execute(tmp: Path) -> None:
+        executed = papermill.execute_notebook(
+            str(notebook), str(tmp), parameters=parameters, cwd=str(notebook.parent),
+            progress_bar=False, report_mode=False,
+        )
+        figures = count_figures(executed)
+        if figures == 0:
+            raise no_figure_error(notebook.name)
+        # papermill records absolute paths of this machine; the published chapter names files only
+        executed.metadata.papermill.update(input_path=notebook.name, output_path=output.name)
+        publishable(executed)
+        nbformat.write(executed, str(tmp))
+        print(f"{notebook.name}: {figures} figures", flush=True)
+
+    atomic_write(output, execute)
+    print(f"{notebook.name}: {time.perf_counter() - started:.1f} s at profile {profile}", flush=True)
+    return output
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,38 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("output_dir", type=Path, help="where the executed notebook goes, e.g. book/chapters")
     parser.add_argument("--profile", default="smoke", choices=sorted(PROFILES))
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                        help="override a chapter parameter (value parsed as a Python literal)")
+                        help="override a chapter parameter (a Python literal, or arithmetic such as 8/255)")
     args = parser.parse_args(argv)
-    if not args.notebook.exists():
-        parser.error(f"{args.notebook} does not exist (run `make notebooks` to create the paired .ipynb)")
-    import nbformat
-    import papermill
-
-    parameters = {"profile": args.profile, **{name: _literal(value) for name, value in args.parameter}}
-    output = args.output_dir / args.notebook.name
-    started = time.perf_counter()
-    print(f"executing {args.notebook} -> {output} with {parameters}", flush=True)
-    os.environ[CLAIMS_DIR_ENV] = str(claims_dir_for(args.output_dir))  # inherited by the kernel
-    extra = " ".join(f"-p {name} {value}" for name, value in args.parameter)
-    os.environ[RERUN_COMMAND_ENV] = (f"make chapter NB={args.notebook.stem} PROFILE={args.profile}"
-                                     + (f' ARGS="{extra}"' if extra else ""))
-
-    def execute(tmp: Path) -> None:
-        executed = papermill.execute_notebook(
-            str(args.notebook), str(tmp), parameters=parameters, cwd=str(args.notebook.parent),
-            progress_bar=False, report_mode=False,
-        )
-        figures = count_figures(executed)
-        if figures == 0:
-            raise no_figure_error(args.notebook.name)
-        # papermill records absolute paths of this machine; the published chapter names files only
-        executed.metadata.papermill.update(input_path=args.notebook.name, output_path=output.name)
-        publishable(executed)
-        nbformat.write(executed, str(tmp))
-        print(f"{args.notebook.name}: {figures} figures", flush=True)
-
-    atomic_write(output, execute)
-    print(f"{args.notebook.name}: {time.perf_counter() - started:.1f} s at profile {args.profile}", flush=True)
+    try:
+        execute_chapter(args.notebook, args.output_dir, args.profile, dict(args.parameter))
+    except (ParameterError, FileNotFoundError) as error:
+        parser.error(str(error))
     return 0
 
 

@@ -1,0 +1,58 @@
+"""The book's command line: list, a chapter's parameters, and refusal before anything executes."""
+
+import pytest
+
+from reliable_saliency.chapter import cli, run
+
+SOURCE = '''# %% [markdown]
+# # 7. A small chapter
+
+# %% tags=["parameters"]
+profile: str = "smoke"  # smoke | book | paper
+images: int | None = None  # test images
+'''
+
+
+@pytest.fixture
+def notebooks(tmp_path, monkeypatch):
+    (tmp_path / "07_small.py").write_text(SOURCE)
+    (tmp_path / "08_other_small.py").write_text(SOURCE.replace("7. A small", "8. Another small"))
+    calls = []
+    monkeypatch.setattr(run, "execute_chapter", lambda *a, **k: calls.append((a, k)))
+    monkeypatch.setattr(cli, "_paired_notebook", lambda source: source)
+    return tmp_path, calls
+
+
+def test_list_shows_chapters_and_titles(notebooks, capsys):
+    folder, _ = notebooks
+    assert cli.main(["--notebooks", str(folder), "list"]) == 0
+    out = capsys.readouterr().out
+    assert "07_small" in out and "7. A small chapter" in out and "08_other_small" in out
+
+
+def test_run_help_shows_the_chapter_parameters(notebooks, capsys):
+    folder, calls = notebooks
+    assert cli.main(["--notebooks", str(folder), "run", "7", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "images" in out and "int | None" in out and "test images" in out and not calls
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "07_small", "-p", "imgs", "5"], "has no parameter 'imgs'"),
+    (["run", "07_small", "-p", "images", "-5"], "must not be negative"),
+    (["run", "07_small", "-p", "profile", "book"], "--profile"),
+    (["run", "07_small", "--profile", "huge"], "--profile must be one of"),
+    (["run", "small"], "no single chapter matches 'small'"),
+    (["run", "42"], "no single chapter matches '42'"),
+])
+def test_bad_runs_fail_before_executing(notebooks, capsys, argv, message):
+    folder, calls = notebooks
+    assert cli.main(["--notebooks", str(folder), *argv]) == 2
+    assert message in capsys.readouterr().err and not calls
+
+
+def test_a_good_run_executes_with_the_checked_overrides(notebooks):
+    folder, calls = notebooks
+    assert cli.main(["--notebooks", str(folder), "run", "other", "--profile", "smoke", "-p", "images", "3"]) == 0
+    (source, output, profile, overrides), _ = calls[0]
+    assert source.name == "08_other_small.py" and profile == "smoke" and overrides == {"images": "3"}

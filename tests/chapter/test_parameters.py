@@ -1,0 +1,81 @@
+"""Chapter parameters are read from the parameters cell and checked before anything executes."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from reliable_saliency.chapter.parameters import ParameterError, check_overrides, parse_value, read_parameters
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("[0-9][0-9]_*.py"))
+
+CELL = '''# %% [markdown]
+# # 9. A chapter
+
+# %% tags=["parameters"]
+profile: str = "smoke"  # smoke | book | paper
+device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
+seed: int = 0
+images: int | None = None  # test images (None: from the profile)
+pgd_eps: float = 8 / 255  # L-inf budget in pixel units
+models: list[str] = ["lenet_natural"]  # zoo recipes
+unroll: list[tuple[int, int]] | None = None  # (iterations, copies) pairs
+
+# %%
+print("body")
+'''
+
+
+@pytest.fixture
+def params(tmp_path):
+    path = tmp_path / "09_chapter.py"
+    path.write_text(CELL)
+    return read_parameters(path)
+
+
+@pytest.mark.parametrize("source", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_chapter_declares_typed_parameters(source):
+    params = read_parameters(source)
+    assert {"profile", "device", "seed"} <= set(params)
+    assert params["profile"].choices == ("smoke", "book", "paper")
+
+
+def test_reads_names_types_defaults_help_and_choices(params):
+    assert list(params) == ["profile", "device", "seed", "images", "pgd_eps", "models", "unroll"]
+    assert params["images"].annotation == "int | None" and params["images"].default == "None"
+    assert params["pgd_eps"].default == "8 / 255" and "pixel units" in params["pgd_eps"].help
+    assert params["device"].choices == ()  # free text: cuda:N is allowed
+
+
+def test_values_parse_as_literals_or_arithmetic():
+    assert parse_value("500") == 500 and parse_value("8/255") == pytest.approx(8 / 255)
+    assert parse_value("[(1, 2), (3, 4)]") == [(1, 2), (3, 4)] and parse_value("None") is None
+    assert parse_value("cuda") == "cuda"
+
+
+def test_good_overrides_pass(params):
+    values = check_overrides(params, {"images": "500", "pgd_eps": "4/255", "models": "['a', 'b']",
+                                      "unroll": "[(2, 2)]", "device": "cuda:1"})
+    assert values == {"images": 500, "pgd_eps": pytest.approx(4 / 255), "models": ["a", "b"],
+                      "unroll": [(2, 2)], "device": "cuda:1"}
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("imagse", "5", "has no parameter 'imagse'; its parameters are: profile, device, seed, images"),
+    ("seed", "abc", "parameter seed expects int"),
+    ("images", "2.5", "parameter images expects int | None"),
+    ("models", "lenet_natural", "parameter models expects list[str]"),  # not a list of characters
+    ("pgd_eps", "-8/255", "must not be negative"),
+    ("unroll", "[(2, -1)]", "must not be negative"),
+    ("profile", "fast", "must be one of smoke, book, paper"),
+])
+def test_bad_overrides_are_refused_with_what_is_valid(params, name, text, message):
+    with pytest.raises(ParameterError, match=re.escape(message)):
+        check_overrides(params, {name: text})
+
+
+def test_a_cell_without_types_is_refused(tmp_path):
+    path = tmp_path / "09_untyped.py"
+    path.write_text(CELL.replace("seed: int = 0", "seed = 0"))
+    with pytest.raises(ParameterError, match="name: type = default"):
+        read_parameters(path)
