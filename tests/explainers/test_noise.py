@@ -78,3 +78,24 @@ def test_noise_methods_match_captum_noise_tunnel_in_distribution(rng):
         smooth = explainers.smoothgrad(model, xi, target[i], samples=samples, noise_level=level, generator=rng)
         effect = (smooth - plain).abs()[0] > 6 * np.sqrt(2) * se["smoothgrad"]
         assert bool(effect.any()), "noise had no effect"
+
+
+@pytest.mark.parametrize("name", ["smoothgrad", "smoothgrad_squared", "vargrad"])
+def test_per_image_seeds_make_a_map_independent_of_the_batch_and_its_order(name):
+    from reliable_saliency import models
+    from reliable_saliency.explainers import get_explainer
+
+    torch.manual_seed(0)
+    model = models.build("lenet").eval()
+    x = model.input_space.normalize(torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(2)))
+    explain = get_explainer(name, samples=4)
+    seeds = [11, 22, 33]
+    together = explain(model, x, 1, seeds=seeds)
+    reordered = explain(model, x[[2, 0, 1]], 1, seeds=[33, 11, 22])
+    alone = explain(model, x[1:2], 1, seeds=[22])
+    torch.testing.assert_close(reordered, together[[2, 0, 1]])
+    torch.testing.assert_close(alone, together[1:2])
+    with pytest.raises(ValueError, match="either generator or seeds"):
+        explain(model, x, 1, seeds=seeds, generator=torch.Generator())
+    with pytest.raises(ValueError, match="one per image"):
+        explain(model, x, 1, seeds=[1, 2])

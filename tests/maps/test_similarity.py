@@ -52,13 +52,13 @@ def test_undefined_correlations_are_nan():
 
 
 def test_topk_intersection_hand_cases_and_ties():
-    a = torch.tensor([[5.0, 4, 3, 2, 1, 0]])
+    a = torch.tensor([[[5.0, 4, 3, 2, 1, 0]]])  # one 1 x 6 map
     assert maps.topk_intersection(a, a, 3).item() == 1.0
-    assert maps.topk_intersection(a, a.flip(1), 3).item() == 0.0
-    assert maps.topk_intersection(a, a.flip(1), 4).item() == 0.5  # {0,1,2,3} & {5,4,3,2}
+    assert maps.topk_intersection(a, a.flip(2), 3).item() == 0.0
+    assert maps.topk_intersection(a, a.flip(2), 4).item() == 0.5  # {0,1,2,3} & {5,4,3,2}
     # ties: lower index first -> Top_2([1,1,1,0]) = {0, 1}; Top_2([0,1,1,0]) = {1, 2}
-    tied = torch.tensor([[1.0, 1, 1, 0]])
-    assert maps.topk_intersection(tied, torch.tensor([[0.0, 1, 1, 0]]), 2).item() == 0.5
+    tied = torch.tensor([[[1.0, 1, 1, 0]]])
+    assert maps.topk_intersection(tied, torch.tensor([[[0.0, 1, 1, 0]]]), 2).item() == 0.5
     # random maps against numpy's stable argsort
     g = gen(4)
     x, y = torch.randn(5, 7, 7, generator=g), torch.randn(5, 7, 7, generator=g)

@@ -112,3 +112,12 @@ def test_regularised_recipe_trains_and_reloads(monkeypatch, tiny_cifar_root, iso
                                                "lambda_hessian": 0.0, "eps": 4 / 255, "detach_clean": True}
     assert all(isinstance(m, torch.nn.Softplus) for m in model.modules() if isinstance(m, (torch.nn.ReLU, torch.nn.Softplus)))
     assert same_state(zoo.load_model("tiny_l2cosd", "smoke", progress=False), model)
+
+
+@pytest.mark.parametrize("damage", ['{"sha256": "ab', "\xff\xfe not json", "[1, 2]"])
+def test_corrupted_sidecar_is_the_same_corrupt_checkpoint_error(tiny_recipe, damage):
+    zoo.load_model(tiny_recipe, "smoke", progress=False)
+    sidecar = zoo.checkpoint_path(tiny_recipe, "smoke").with_suffix(".json")
+    sidecar.write_text(damage, encoding="latin-1")
+    with pytest.raises(zoo.CorruptCheckpointError, match="retrain=True"):
+        zoo.load_model(tiny_recipe, "smoke", progress=False)

@@ -130,12 +130,14 @@ class ImageNoise:
     """Per-image standard-normal noise of shape (S, *shape), independent of the chunking.
 
     Image ``i``'s samples all come from one ``torch.randn`` call on a generator (on ``device``)
-    seeded with the ``i``-th of :func:`image_seeds`. Blocks are generated when first needed and
+    seeded with the ``i``-th of :func:`resolve_seeds` (the caller's per-image ``seeds``, else drawn
+    from ``generator``). Blocks are generated when first needed and
     dropped once rows have moved past the image, so rows must be requested in increasing order.
     """
 
-    def __init__(self, generator: torch.Generator | None, n: int, samples: int, shape, *, device, dtype):
-        self.seeds = image_seeds(generator, n)
+    def __init__(self, generator: torch.Generator | None, n: int, samples: int, shape, *, device, dtype,
+                 seeds=None):
+        self.seeds = resolve_seeds(seeds, generator, n)
         self.samples, self.shape = samples, tuple(shape)
         self.device, self.dtype = torch.device(device), dtype
         self._blocks: dict[int, Tensor] = {}

@@ -8,6 +8,8 @@ their space as ``model.input_space`` so explainers and attacks can check and cla
 
 from __future__ import annotations
 
+import warnings
+
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +24,8 @@ __all__ = [
     "SYNTHETIC",
     "input_space_of",
     "check_images",
+    "check_not_empty",
+    "check_model_input",
     "check_targets",
     "check_model_ready",
 ]
@@ -104,7 +108,12 @@ def input_space_of(model: nn.Module, input_space: InputSpace | None = None) -> I
 
 
 def check_images(x: Tensor, space: InputSpace | None = None, name: str = "x") -> None:
-    """Raise a clear error unless ``x`` is a finite float batch (N, C, H, W) inside ``space``."""
+    """Raise a clear error unless ``x`` is a finite float batch (N, C, H, W), N >= 1, inside ``space``.
+
+    Rule for raw pixels: when ``space``'s normalised range reaches below 0 in every channel (every
+    mean/std normalisation of natural images), a batch whose values all lie in [0, 1] is almost
+    surely unnormalised pixels, and a ``UserWarning`` says to pass ``space.normalize(x)``. It is a
+    warning, not an error, because a bright normalised image can lie in [0, 1] too."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 4:
@@ -112,6 +121,7 @@ def check_images(x: Tensor, space: InputSpace | None = None, name: str = "x") ->
             f"{name} must have shape (N, C, H, W), got {tuple(x.shape)}; add a batch axis with "
             f"x.unsqueeze(0) for a single image"
         )
+    check_not_empty(x, name)
     if not x.is_floating_point():
         raise TypeError(f"{name} must be a float tensor (normalised input), got {x.dtype}")
     if space is None:
@@ -125,6 +135,32 @@ def check_images(x: Tensor, space: InputSpace | None = None, name: str = "x") ->
         if not bool(torch.isfinite(x).all()):
             raise ValueError(f"{name} contains NaN or infinite values")
         space.check(x, name)
+    if space is not None and bool(space.lower(x).max() < 0):
+        if bool(((x >= 0) & (x <= 1)).all()):
+            warnings.warn(
+                f"{name} lies entirely in [0, 1], like raw pixels, but the model takes {space.name}-normalised "
+                f"input (its range reaches {float(space.lower(x).max()):.2f}); if these are pixels, pass "
+                f"model.input_space.normalize({name})", UserWarning, stacklevel=3,
+            )
+
+
+def check_not_empty(t: Tensor, name: str = "x") -> None:
+    """The one error for an empty batch, used by every explainer, attack and measure."""
+    if t.dim() == 0 or t.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(t.shape)}); pass at least one image")
+
+
+def check_model_input(model: nn.Module, x: Tensor, name: str = "x") -> None:
+    """``check_images`` against the model's input space, the model in eval mode, and the model
+    and ``x`` on the same device."""
+    parameter = next(iter(model.parameters()), None)
+    if isinstance(x, Tensor) and parameter is not None and parameter.device != x.device:
+        raise ValueError(
+            f"the model is on {parameter.device} but {name} is on {x.device}; move one of them "
+            f"(for example {name}.to(next(model.parameters()).device))"
+        )
+    check_images(x, input_space_of(model), name)
+    check_model_ready(model)
 
 
 def check_targets(target: Tensor | int, n: int, num_classes: int | None, device, name: str = "target") -> Tensor:

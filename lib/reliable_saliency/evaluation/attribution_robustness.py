@@ -41,17 +41,22 @@ DIAGNOSTICS = ("grad_norm", "neighbour_grad_norm", "hvp_norm", "hvp_ratio", "l2"
                "perturbation_mean", "perturbation_max")
 
 
+def _as_batch(t: Tensor) -> Tensor:
+    """(N, D) gradient vectors as (N, 1, D) maps; the map measures refuse 2-D input as ambiguous."""
+    return t.unsqueeze(1) if isinstance(t, Tensor) and t.dim() == 2 else t
+
+
 def cosine_distance(a: Tensor, b: Tensor) -> Tensor:
-    """Paper E's cosd ``(1 - cos(a, b)) / 2`` of the flattened maps, per image (N,), in [0, 1];
-    NaN where a map is all zero."""
-    return (1 - cosine(a, b)) / 2
+    """Paper E's cosd ``(1 - cos(a, b)) / 2`` of the flattened maps (N, ...) or vectors (N, D), per
+    image (N,), in [0, 1]; NaN where a map is all zero."""
+    return (1 - cosine(_as_batch(a), _as_batch(b))) / 2
 
 
 def cosd_upper_bound(a: Tensor, b: Tensor) -> Tensor:
     """``||a - b||^2 / (4 ||a|| ||b||)``, per image (N,): an upper bound of :func:`cosine_distance`
     (from ``||a - b||^2 >= 2 ||a|| ||b|| (1 - cos)``). With ``b - a ~ H r`` it shows that alignment
     depends on the Hessian-to-gradient-norm ratio. NaN where a map is all zero."""
-    a, b = flat_pair(a, b)
+    a, b = flat_pair(_as_batch(a), _as_batch(b))
     na, nb = a.norm(dim=1), b.norm(dim=1)
     return nan_where((na == 0) | (nb == 0), (a - b).square().sum(1) / (4 * na * nb))
 

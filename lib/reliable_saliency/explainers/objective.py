@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.batching import chunk_ranges
-from ..core.inputs import check_images, check_model_ready, check_targets, input_space_of
+from ..core.inputs import check_model_input, check_targets
 
 __all__ = ["OUTPUTS", "Objective", "graph_input", "batched_gradient", "view_rows"]
 
@@ -20,8 +20,7 @@ class Objective:
     def __init__(self, model: nn.Module, x: Tensor, target, output: str = "logit"):
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
-        check_images(x, input_space_of(model))
-        check_model_ready(model)
+        check_model_input(model, x)
         self.model, self.output, self.n = model, output, x.shape[0]
         # Type and shape now; the range once the first logits show the number of classes.
         self.target = check_targets(target, x.shape[0], None, x.device)

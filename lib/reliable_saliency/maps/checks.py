@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..core.inputs import check_not_empty
+
 __all__ = ["check_finite", "flat_pair", "pixel_maps", "pixel_pair", "check_boxes", "nan_where"]
 
 
@@ -24,10 +26,12 @@ def flat_pair(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     check_finite(b, "b")
     if a.shape != b.shape:
         raise ValueError(f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-    if a.dim() < 2:
+    if a.dim() < 3:
         raise ValueError(
-            f"maps need a batch axis: shape (N, ...), got {tuple(a.shape)}; use m.unsqueeze(0) for one map"
+            f"maps must be a batch (N, H, W) or (N, C, H, W), got {tuple(a.shape)}: a single (H, W) map "
+            f"would be read as H one-row maps; add the batch axis with m.unsqueeze(0)"
         )
+    check_not_empty(a, "a")
     if a.device != b.device:
         raise ValueError(f"a and b are on different devices ({a.device} and {b.device})")
     return a.flatten(1), b.flatten(1)
@@ -39,10 +43,10 @@ def pixel_maps(m: Tensor, name: str = "maps") -> Tensor:
     if m.dim() == 4 and m.shape[1] == 1:
         m = m[:, 0]
     if m.dim() != 3:
-        raise ValueError(
-            f"{name} must be per-pixel maps of shape (N, H, W) or (N, 1, H, W), got {tuple(m.shape)}; "
-            f"reduce channels first (for example postprocess.channel_sum(postprocess.absolute(m)))"
-        )
+        hint = ("add the batch axis with m.unsqueeze(0) for one map" if m.dim() == 2 else
+                "reduce channels first (for example postprocess.channel_sum(postprocess.absolute(m)))")
+        raise ValueError(f"{name} must be per-pixel maps of shape (N, H, W) or (N, 1, H, W), got {tuple(m.shape)}; {hint}")
+    check_not_empty(m, name)
     return m
 
 

@@ -30,7 +30,7 @@ from .. import data as datasets
 from ..core.experiment import atomic_torch_save, atomic_write, cache_dir, resolve_profile
 from ..core.options import integer, number
 from ..models.inpainter import DCGANDiscriminator, DCGANGenerator, build_dcgan, uniform_latents
-from .zoo import CorruptCheckpointError, find_checkpoint, file_sha256
+from .zoo import CorruptCheckpointError, file_sha256, find_checkpoint, verified_sidecar
 
 __all__ = ["GanConfig", "GanResult", "GanRecipe", "GAN_RECIPES", "train_gan", "gan_checkpoint_path", "load_gan"]
 
@@ -206,13 +206,8 @@ def gan_checkpoint_path(name: str, profile: str) -> Path:
 
 
 def _load_verified(path: Path, recipe: GanRecipe) -> tuple[DCGANGenerator, DCGANDiscriminator, dict]:
-    meta_path = path.with_suffix(".json")
+    meta = verified_sidecar(path, "load_gan")
     fix = f"Delete {path} or call load_gan(..., retrain=True) to train it again."
-    if not meta_path.exists():
-        raise CorruptCheckpointError(f"checkpoint {path} has no sidecar {meta_path.name} with its sha256. {fix}")
-    meta = json.loads(meta_path.read_text())
-    if file_sha256(path) != meta.get("sha256"):
-        raise CorruptCheckpointError(f"checkpoint {path} does not match its recorded sha256 (damaged or edited). {fix}")
     generator, discriminator = recipe.build()
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)

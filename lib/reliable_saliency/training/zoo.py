@@ -30,7 +30,7 @@ from ..core.experiment import atomic_write, cache_dir, resolve_profile
 from .loops import TrainConfig, evaluate, train
 from .regularisers import Regulariser
 
-__all__ = ["Recipe", "RECIPES", "load_model", "checkpoint_path", "find_checkpoint", "file_sha256",
+__all__ = ["Recipe", "RECIPES", "load_model", "checkpoint_path", "find_checkpoint", "verified_sidecar", "file_sha256",
            "CorruptCheckpointError", "CHECKPOINTS_ENV"]
 
 CHECKPOINTS_ENV = "RELIABLE_SALIENCY_CHECKPOINTS"
@@ -246,18 +246,28 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def verified_sidecar(path: Path, loader: str) -> dict:
+    """The sidecar JSON of checkpoint ``path``, after checking that it exists, parses, and records
+    the checkpoint's sha256; else :class:`CorruptCheckpointError` saying how to retrain."""
+    meta_path = path.with_suffix(".json")
+    fix = f"Delete {path} or call {loader}(..., retrain=True) to train it again."
+    if not meta_path.exists():
+        raise CorruptCheckpointError(f"checkpoint {path} has no sidecar {meta_path.name} with its sha256. {fix}")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CorruptCheckpointError(f"the sidecar {meta_path} of checkpoint {path} is not valid JSON ({error}). {fix}") from error
+    if not isinstance(meta, dict) or file_sha256(path) != meta.get("sha256"):
+        raise CorruptCheckpointError(f"checkpoint {path} does not match its recorded sha256 (damaged or edited). {fix}")
+    return meta
+
+
 def _build(recipe: Recipe) -> nn.Module:
     return models.build(recipe.architecture, softplus_beta=recipe.softplus_beta)
 
 
 def _load_verified(path: Path, recipe: Recipe) -> tuple[nn.Module, dict]:
-    meta_path = path.with_suffix(".json")
-    fix = f"Delete {path} or call load_model(..., retrain=True) to train it again."
-    if not meta_path.exists():
-        raise CorruptCheckpointError(f"checkpoint {path} has no sidecar {meta_path.name} with its sha256. {fix}")
-    meta = json.loads(meta_path.read_text())
-    if file_sha256(path) != meta.get("sha256"):
-        raise CorruptCheckpointError(f"checkpoint {path} does not match its recorded sha256 (damaged or edited). {fix}")
+    meta = verified_sidecar(path, "load_model")
     model = _build(recipe)
     try:
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
