@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
-__all__ = ["forward_hooks", "leaf_modules"]
+__all__ = ["forward_hooks", "leaf_modules", "last_spatial_layer"]
 
 
 @contextmanager
@@ -24,3 +25,35 @@ def forward_hooks(modules: Iterable[nn.Module], hook: Callable) -> Iterator[None
 def leaf_modules(model: nn.Module) -> list[nn.Module]:
     """Modules without children, in registration order."""
     return [m for m in model.modules() if next(m.children(), None) is None]
+
+
+def last_spatial_layer(model: nn.Module, x: Tensor) -> tuple[str, int | None]:
+    """The layer Grad-CAM and the decoys use by default, as ``(name, call)``: the module that produced the last
+    spatial (N, C, h, w), h*w > 1, output of a forward pass of ``x[:1]``, innermost among the
+    modules that returned that same tensor in its final state and ran once (``call`` None). On a
+    plain CNN that is the last spatial leaf (the last ReLU); on a torchvision ResNet, whose ReLU
+    module runs twice per block and works in place, the last block (``layer4.1``). When only a
+    module that runs several times produced it (EfficientNet-Lite's shared swish), ``call`` says
+    which of its calls (1-based) Grad-CAM reads."""
+    names = {module: name for name, module in model.named_modules() if name}
+    runs: dict[nn.Module, int] = {}
+    order: list[tuple[nn.Module, Tensor, int, int]] = []  # module, output, its version, call
+
+    def record(module, args, out):
+        runs[module] = runs.get(module, 0) + 1
+        if isinstance(out, Tensor) and out.dim() == 4 and out.shape[2] * out.shape[3] > 1:
+            order.append((module, out, out._version, runs[module]))
+
+    with forward_hooks(list(names), record), torch.no_grad():
+        model(x[:1].detach())
+    if not order:
+        raise ValueError("found no layer with a spatial (N, C, h, w) output; pass layer=")
+    last = order[-1][1]
+    # in-place operations keep the tensor but change it: only outputs recorded in the final state count
+    final = [(module, call) for module, out, version, call in order if out is last and version == last._version]
+    final = final or [(module, call) for module, out, _, call in order if out is last]  # changed afterwards
+    once = [module for module, _ in final if runs[module] == 1]
+    if once:
+        return names[once[0]], None
+    module, call = final[0]
+    return names[module], call

@@ -49,7 +49,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.batching import chunk_ranges, resolve_batch_size
-from ..core.hooks import forward_hooks
+from ..core.hooks import forward_hooks, last_spatial_layer
 from ..core.inputs import InputSpace, check_images, check_model_ready, input_space_of
 from ..core.options import batch_size as check_batch_size
 from ..core.options import integer, number, pixel_budget
@@ -187,27 +187,21 @@ class _Representation:
 
 
 def _layer(model: nn.Module, x: Tensor, layer) -> tuple[nn.Module, str]:
-    """The representation's module (default: the last leaf with a spatial (N, K, h, w) output),
-    checked to run exactly once in a forward pass of ``x[:1]``."""
-    chosen = None if layer is None else _resolve_layer(model, layer)
-    calls: list[tuple[nn.Module, bool]] = []
-
-    def record(module, args, out):
-        spatial = isinstance(out, Tensor) and out.dim() == 4 and out.shape[2] * out.shape[3] > 1
-        calls.append((module, spatial))
-
-    watched = [m for m in model.modules() if next(m.children(), None) is None or m is chosen]
-    with forward_hooks(watched, record), torch.no_grad():
+    """The representation's module (default: :func:`..core.hooks.last_spatial_layer`), checked to
+    run exactly once in a forward pass of ``x[:1]``."""
+    if layer is None:
+        name, call = last_spatial_layer(model, x)
+        if call is not None:
+            raise ValueError(f"the last spatial layer {name!r} runs more than once per forward pass; pass "
+                             f"layer= (a module that runs once, for example the block that contains it)")
+        layer = name
+    chosen = _resolve_layer(model, layer)
+    calls: list[nn.Module] = []
+    with forward_hooks([chosen], lambda module, args, out: calls.append(module)), torch.no_grad():
         model(x[:1].detach())
-    if chosen is None:
-        spatial = [m for m, is_spatial in calls if is_spatial and next(m.children(), None) is None]
-        if not spatial:
-            raise ValueError("found no layer with a spatial (N, K, h, w) output for the decoys; pass layer=")
-        chosen = spatial[-1]
-    count = sum(m is chosen for m, _ in calls)
-    if count != 1:
+    if len(calls) != 1:
         raise ValueError(
-            f"the decoy layer ran {count} times in one forward pass; choose a module that runs exactly "
+            f"the decoy layer ran {len(calls)} times in one forward pass; choose a module that runs exactly "
             f"once (for example the block that contains it)"
         )
     name = next(n for n, m in model.named_modules() if m is chosen)

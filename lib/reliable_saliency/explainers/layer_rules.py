@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core.batching import chunk_ranges, resolve_batch_size
-from ..core.hooks import forward_hooks, leaf_modules
+from ..core.hooks import forward_hooks, last_spatial_layer
 from ..core.options import number
 from .objective import Objective, batched_gradient, graph_input
 from .registry import register
@@ -32,21 +32,6 @@ def _resolve_layer(model: nn.Module, layer) -> nn.Module:
     raise TypeError(f"layer must be an nn.Module of the model or a dotted name, got {type(layer).__name__}")
 
 
-def _last_spatial_layer(model: nn.Module, x: Tensor) -> nn.Module:
-    """The leaf module whose 4-D output with H*W > 1 comes last in a forward pass of x[:1]."""
-    last: list[nn.Module] = []
-
-    def record(module, args, out):
-        if isinstance(out, Tensor) and out.dim() == 4 and out.shape[2] * out.shape[3] > 1:
-            last.append(module)
-
-    with forward_hooks(leaf_modules(model), record), torch.no_grad():
-        model(x[:1].detach())
-    if not last:
-        raise ValueError("gradcam found no layer with a spatial (N, C, h, w) output; pass layer=")
-    return last[-1]
-
-
 @register("gradcam")
 def gradcam(
     model, x, target, *, create_graph=False, generator=None, batch_size=None, output="logit", layer=None,
@@ -55,15 +40,21 @@ def gradcam(
     (align_corners=False) to the input size. Returns (N, 1, H, W).
 
     ``layer``: a module of the model or its dotted name (``"features.6"``); it must run once per
-    forward pass and output (N, K, h, w). Default: the last leaf module with a spatial output.
+    forward pass and output (N, K, h, w). Default: :func:`..core.hooks.last_spatial_layer` (call it
+    to see which layer that is for a model).
     """
     objective = Objective(model, x, target, output)
     batch_size = resolve_batch_size(batch_size, x)
-    module = _last_spatial_layer(model, x) if layer is None else _resolve_layer(model, layer)
+    layer_name, call = last_spatial_layer(model, x) if layer is None else (layer, None)
+    module = _resolve_layer(model, layer_name)
     source = graph_input(x, create_graph)
     captured: list[Tensor] = []
+    calls = [0]
 
     def capture(mod, args, out):
+        calls[0] += 1
+        if call is not None and calls[0] != call:
+            return None
         if not isinstance(out, Tensor) or out.dim() != 4:
             shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(f"gradcam layer must output a (N, K, h, w) tensor, got {shape}")
@@ -76,13 +67,15 @@ def gradcam(
     with forward_hooks([module], capture):
         for a, b in chunk_ranges(x.shape[0], batch_size):
             captured.clear()
+            calls[0] = 0
             inputs = source[a:b]
             with torch.enable_grad():
                 score = objective.scores(inputs, objective.target[a:b]).sum()
                 if len(captured) != 1:
+                    shown = layer_name if isinstance(layer_name, str) else type(module).__name__
                     raise ValueError(
-                        f"gradcam layer ran {len(captured)} times in one forward pass; choose a module "
-                        f"that runs exactly once (for example the block that contains it)"
+                        f"gradcam layer {shown!r} ran {len(captured)} times in one forward pass; choose a "
+                        f"module that runs exactly once (for example the block that contains it)"
                     )
                 (activation,) = captured
                 (grad,) = torch.autograd.grad(
@@ -97,10 +90,12 @@ def gradcam(
     return maps[0] if len(maps) == 1 else torch.cat(maps)
 
 
-def _output_rule(model, objective: Objective, types, rule, what: str):
+def _output_rule(model, objective: Objective, types, rule, what: str, needs_output: bool = False):
     """A context manager: forward hooks on modules of ``types`` that register ``rule(grad,
     output)`` as a gradient hook on their outputs, applied only while ``objective`` computes its
-    input gradient."""
+    input gradient. With ``needs_output`` the rule gets a copy of the output taken in the forward
+    pass: a later in-place operation (``out += identity``, ``ReLU(inplace=True)`` in torchvision's
+    ResNets) would otherwise change the values the rule reads."""
     modules = [m for m in model.modules() if isinstance(m, types)]
     if not modules:
         names = ", ".join(t.__name__ for t in types)
@@ -111,7 +106,8 @@ def _output_rule(model, objective: Objective, types, rule, what: str):
 
     def forward_hook(module, args, out):
         if isinstance(out, Tensor) and out.requires_grad:
-            out.register_hook(lambda grad: rule(grad, out) if objective.rules_active else None)
+            kept = out.detach().clone() if needs_output else out
+            out.register_hook(lambda grad: rule(grad, kept) if objective.rules_active else None)
 
     return forward_hooks(modules, forward_hook)
 
@@ -121,10 +117,11 @@ def guided_backprop(
     model, x, target, *, create_graph=False, generator=None, batch_size=None, output="logit"
 ) -> Tensor:
     """Guided backpropagation (Springenberg et al.): the gradient with negative gradients zeroed at
-    the output of every ``nn.ReLU`` (and ``nn.Softplus``, for smoothed models) module. Shape of ``x``."""
+    the output of every ``nn.ReLU``, ``nn.ReLU6`` (MobileNets) and ``nn.Softplus`` (smoothed models)
+    module. Shape of ``x``."""
     objective = Objective(model, x, target, output)
     batch_size = resolve_batch_size(batch_size, x)
-    with _output_rule(model, objective, (nn.ReLU, nn.Softplus), _guided_rule, "guided_backprop"):
+    with _output_rule(model, objective, (nn.ReLU, nn.ReLU6, nn.Softplus), _guided_rule, "guided_backprop"):
         return batched_gradient(objective, graph_input(x, create_graph), create_graph, batch_size)
 
 
@@ -162,6 +159,10 @@ def lrp_epsilon(
     ReLU and max-pooling pass relevance like the gradient (winner takes all), as in zennit.
     Implemented as gradient times input with the gradient at each such layer scaled by
     ``z / (z + epsilon * sign(z))``; with a tiny epsilon it equals grad_x_input on ReLU networks.
+    Linear operations that are not modules (a residual ``out += identity``, a functional pooling)
+    get the z-rule: relevance in proportion to each input's contribution, as zennit gives with its
+    ResNet canonizer and a Sum rule. Each layer's output is copied in the forward pass, so a later
+    in-place operation does not change the values the rule reads (tested on torchvision ResNets).
     """
     objective = Objective(model, x, target, "logit")
     batch_size = resolve_batch_size(batch_size, x)
@@ -170,6 +171,6 @@ def lrp_epsilon(
     def epsilon_rule(grad, z):
         return grad * (z / torch.where(z >= 0, z + epsilon, z - epsilon))
 
-    with _output_rule(model, objective, _LRP_LINEAR, epsilon_rule, "lrp_epsilon"):
+    with _output_rule(model, objective, _LRP_LINEAR, epsilon_rule, "lrp_epsilon", needs_output=True):
         source = graph_input(x, create_graph)
         return batched_gradient(objective, source, create_graph, batch_size) * source
