@@ -203,3 +203,15 @@ def test_guided_backprop_accepts_a_relu6_model():
     torch.testing.assert_close(get_explainer("guided_backprop")(model.eval(), x, 1), ref)
     assert not torch.allclose(ref, captum_attr.Saliency(oracle).attribute(x.clone().requires_grad_(True), target=1,
                                                                           abs=False))
+
+
+def test_gradcam_default_on_efficientnet_lite_reads_the_last_call_of_its_shared_swish():
+    torch.manual_seed(0)
+    model = models.efficientnet_lite0().eval()
+    x = model.input_space.normalize(torch.rand(1, 3, 96, 96, generator=torch.Generator().manual_seed(1)))
+    name, call = last_spatial_layer(model, x)
+    assert name == "_swish" and call is not None and call > 1  # one module for every swish of the net
+    cam = get_explainer("gradcam")(model, x, 3)
+    assert cam.shape == (1, 1, 96, 96) and bool(torch.isfinite(cam).all()) and bool(cam.max() > 0)
+    with pytest.raises(ValueError, match="'_swish' ran .* times"):
+        get_explainer("gradcam", layer="_swish")(model, x, 3)
