@@ -39,7 +39,7 @@ chapter: notebooks
 
 chapters: notebooks
 	for nb in $(SOURCES); do \
-	  $(BIN)/python -m reliable_saliency run $$(basename $$nb .py) --profile $(PROFILE) || exit 1; \
+	  $(BIN)/python -m reliable_saliency run $$(basename $$nb .py) --profile $(PROFILE) --if-changed || exit 1; \
 	done
 
 book: chapters

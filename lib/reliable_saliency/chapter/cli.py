@@ -83,6 +83,9 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
                      help="where the executed notebook goes (its claims go to ../claims beside it)")
     run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                      help="a chapter parameter: a Python literal ([1, 2], None) or arithmetic (8/255)")
+    run.add_argument("--if-changed", action="store_true",
+                     help="skip the chapter if its executed copy has the same run key (source, library, "
+                          "profile, parameters); make book uses it to resume")
     run.add_argument("-h", "--help", action="store_true", help="this help and the chapter's parameters")
     return parser, run
 
@@ -111,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         check_overrides(read_parameters(source), overrides, source.stem)  # before anything is built
         from .run import execute_chapter
 
-        execute_chapter(_paired_notebook(source), args.output, args.profile, overrides)
+        execute_chapter(_paired_notebook(source), args.output, args.profile, overrides, if_changed=args.if_changed)
     except (ParameterError, FileNotFoundError) as error:
         print(f"reliable-saliency: error: {error}", file=sys.stderr)
         return 2

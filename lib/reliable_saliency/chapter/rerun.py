@@ -11,9 +11,10 @@ from torch import nn
 
 from ..core.experiment import Run
 
-__all__ = ["RERUN_COMMAND_ENV", "rerun_box"]
+__all__ = ["RERUN_COMMAND_ENV", "RUN_KEY_ENV", "rerun_box"]
 
 RERUN_COMMAND_ENV = "RELIABLE_SALIENCY_RERUN_COMMAND"  # set by the chapter runner
+RUN_KEY_ENV = "RELIABLE_SALIENCY_RUN_KEY"  # the runner's hash of source, library, profile, parameters
 
 
 def _hardware(device: str) -> str:
@@ -37,6 +38,9 @@ def rerun_box(run: Run, models: dict[str, nn.Module] | None = None):
                      f"torch {d['torch']}, python {d['python']}"),
         ("data, seed", f"{html.escape(d['data'])}, seed {d['seed']}"),
     ]
+    if os.environ.get(RUN_KEY_ENV):
+        rows.append(("run key", f"{html.escape(os.environ[RUN_KEY_ENV])} (source, library, profile and "
+                                f"parameters; <code>make book</code> skips a chapter whose key is unchanged)"))
     for name, model in (models or {}).items():
         info = getattr(model, "zoo_info", None)
         digest = info["sha256"][:16] if info else "not from the zoo"

@@ -11,6 +11,8 @@ the output folder (``book/chapters`` -> ``book/claims``), through ``$RELIABLE_SA
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import shlex
 import sys
@@ -19,10 +21,10 @@ from pathlib import Path
 
 from ..claims import CLAIMS_DIR_ENV
 from .parameters import ParameterError, check_overrides, read_parameters
-from .rerun import RERUN_COMMAND_ENV
-from ..core.experiment import PROFILES, atomic_write
+from .rerun import RERUN_COMMAND_ENV, RUN_KEY_ENV
+from ..core.experiment import PROFILES, atomic_write, library_hash
 
-__all__ = ["main", "execute_chapter", "claims_dir_for", "count_figures", "publishable"]
+__all__ = ["main", "execute_chapter", "run_key", "recorded_run_key", "claims_dir_for", "count_figures", "publishable"]
 
 
 def claims_dir_for(chapters_dir: Path) -> Path:
@@ -62,10 +64,29 @@ def no_figure_error(name: str) -> RuntimeError:
     )
 
 
+def run_key(notebook: Path, profile: str, values: dict) -> str:
+    """What a chapter's result depends on, hashed (16 hex digits): its source (the py:percent file
+    when there is one), the library's sources, the profile and the parameters."""
+    source = notebook.with_suffix(".py") if notebook.with_suffix(".py").exists() else notebook
+    key = {"source": hashlib.sha256(source.read_bytes()).hexdigest(), "library": library_hash(),
+           "profile": profile, "parameters": {k: repr(v) for k, v in sorted(values.items())}}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def recorded_run_key(executed: Path) -> str | None:
+    """The run key stored in an executed chapter, or None (missing, unreadable or older)."""
+    try:
+        return json.loads(Path(executed).read_text())["metadata"]["reliable_saliency"]["run_key"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def execute_chapter(notebook: Path, output_dir: Path, profile: str = "smoke",
-                    overrides: dict[str, str] | None = None) -> Path:
+                    overrides: dict[str, str] | None = None, *, if_changed: bool = False) -> Path:
     """Check ``overrides`` (parameter name -> command-line text) against the chapter's parameters
-    cell, then execute ``notebook`` at ``profile`` into ``output_dir`` (written on success only)."""
+    cell, then execute ``notebook`` at ``profile`` into ``output_dir`` (written on success only).
+    With ``if_changed``, a chapter already executed with the same :func:`run_key` is kept as it is
+    (``make book`` after an interruption redoes only what changed)."""
     notebook, output_dir = Path(notebook), Path(output_dir)
     if not notebook.exists():
         raise FileNotFoundError(f"{notebook} does not exist (run `make notebooks` to create the paired .ipynb)")
@@ -78,6 +99,11 @@ def execute_chapter(notebook: Path, output_dir: Path, profile: str = "smoke",
 
     parameters = {"profile": profile, **values}
     output = output_dir / notebook.name
+    key = run_key(notebook, profile, values)
+    if if_changed and recorded_run_key(output) == key:
+        print(f"{output} is up to date (run key {key}: same source, library, profile and parameters)", flush=True)
+        return output
+    os.environ[RUN_KEY_ENV] = key  # shown in the chapter's provenance box
     started = time.perf_counter()
     print(f"executing {notebook} -> {output} with {parameters}", flush=True)
     os.environ[CLAIMS_DIR_ENV] = str(claims_dir_for(output_dir))  # inherited by the kernel
@@ -94,6 +120,7 @@ def execute_chapter(notebook: Path, output_dir: Path, profile: str = "smoke",
             raise no_figure_error(notebook.name)
         # papermill records absolute paths of this machine; the published chapter names files only
         executed.metadata.papermill.update(input_path=notebook.name, output_path=output.name)
+        executed.metadata["reliable_saliency"] = {"run_key": key}
         publishable(executed)
         nbformat.write(executed, str(tmp))
         print(f"{notebook.name}: {figures} figures", flush=True)

@@ -1,0 +1,64 @@
+"""make book resumes: a chapter whose source, library, profile and parameters are unchanged (its run
+key) is not executed again; any change executes it, and so does a run without --if-changed."""
+
+import json
+
+import nbformat
+import pytest
+
+from reliable_saliency.chapter import run
+
+SOURCE = '''# %% [markdown]
+# # 7. A small chapter
+
+# %% tags=["parameters"]
+profile: str = "smoke"  # smoke | book | paper
+images: int | None = None  # test images
+'''
+
+
+@pytest.fixture
+def chapter(tmp_path, monkeypatch):
+    source = tmp_path / "notebooks" / "07_small.py"
+    source.parent.mkdir()
+    source.write_text(SOURCE)
+    notebook = source.with_suffix(".ipynb")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(1)", metadata={"tags": ["parameters"]})])
+    nb.cells[0].source = SOURCE.split('tags=["parameters"]')[1]
+    nbformat.write(nb, str(notebook))
+    calls = []
+
+    def fake_execute(path, out, parameters, **kw):
+        calls.append(parameters)
+        done = nbformat.read(path, as_version=4)
+        done.cells[0].outputs = [nbformat.v4.new_output("display_data", data={"image/png": "iVBOR"})]
+        done.metadata["papermill"] = {}
+        return done
+
+    import papermill
+    monkeypatch.setattr(papermill, "execute_notebook", fake_execute)
+    monkeypatch.setenv("RELIABLE_SALIENCY_CLAIMS_DIR", str(tmp_path / "claims"))
+    return notebook, tmp_path / "book" / "chapters", calls
+
+
+def test_an_unchanged_chapter_is_skipped_and_a_changed_one_runs(chapter):
+    notebook, out, calls = chapter
+    written = run.execute_chapter(notebook, out, "smoke", {"images": "3"}, if_changed=True)
+    key = run.recorded_run_key(written)
+    assert len(calls) == 1 and key == run.run_key(notebook, "smoke", {"images": 3})
+    run.execute_chapter(notebook, out, "smoke", {"images": "3"}, if_changed=True)
+    assert len(calls) == 1  # same source, library, profile, parameters: kept
+    run.execute_chapter(notebook, out, "smoke", {"images": "4"}, if_changed=True)
+    assert len(calls) == 2  # a parameter changed
+    notebook.with_suffix(".py").write_text(SOURCE + "\n# %%\nprint(2)\n")
+    run.execute_chapter(notebook, out, "smoke", {"images": "4"}, if_changed=True)
+    assert len(calls) == 3  # the source changed
+    run.execute_chapter(notebook, out, "smoke", {"images": "4"})
+    assert len(calls) == 4  # without if_changed it always runs
+
+
+def test_a_damaged_executed_chapter_has_no_key(tmp_path):
+    (tmp_path / "x.ipynb").write_text("{not json")
+    assert run.recorded_run_key(tmp_path / "x.ipynb") is None
+    (tmp_path / "y.ipynb").write_text(json.dumps({"metadata": {}}))
+    assert run.recorded_run_key(tmp_path / "y.ipynb") is None
