@@ -88,11 +88,17 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def pick_device(device: str = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without CUDA raises."""
+    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without CUDA raises. On CUDA it turns
+    TF32 off for convolutions and matrix products (cuDNN uses TF32 convolutions by default on
+    Ampere and later): with the defaults, gradient maps of an untrained LeNet on an H100 differed
+    from the CPU's by up to 17% of their maximum (cosine 0.9987), too much for the book's checks."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device={device!r} was requested but CUDA is not available; use 'cpu' or 'auto'")
+    if device.startswith("cuda"):
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     return torch.device(device)
 
 
