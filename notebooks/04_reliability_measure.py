@@ -176,7 +176,7 @@ x, y = images.normalized(run_device), images.labels.to(run_device)  # y: the pre
 D = x[0].numel()
 SEARCH = dict(sigma_max=sigma_max_per_entry * D, scan=scan, iterations=S.iterations, permutations=permutations)
 resolution = sigma_max_per_entry / scan / 2 ** S.iterations  # per entry
-LAST_CONV = "features.9"  # LeNet's last convolution's ReLU (the authors' Grad-CAM layer: the last conv ReLU)
+LAST_CONV = "features.8"  # the ReLU after LeNet's last convolution (the authors' Grad-CAM layer; features.9 is the max-pool)
 METHODS = {
     "gradient": get_explainer("gradient"),
     "SmoothGrad": get_explainer("smoothgrad", samples=S.sg_samples, noise_level=0.2),
