@@ -576,7 +576,7 @@ def rank_agreement(score: torch.Tensor, other: torch.Tensor, rounds: int = 1000)
         means = np.nanmean(o[:, picks], axis=2).T
     ok = ~(np.isnan(medians).any(1) | np.isnan(means).any(1))
     rho = np.full(rounds + 1, np.nan)
-    rho[ok] = spearman(torch.from_numpy(medians[ok]), torch.from_numpy(means[ok])).numpy()
+    rho[ok] = spearman(torch.from_numpy(medians[ok])[:, None], torch.from_numpy(means[ok])[:, None]).numpy()  # (rounds, 1, methods)
     sampled = rho[1:][~np.isnan(rho[1:])]
     if n < 2 or sampled.size < 2:  # no interval from a single image
         return Estimate(float(rho[0]), np.nan, np.nan, n, rounds - sampled.size)
