@@ -106,7 +106,7 @@ def _output_rule(model, objective: Objective, types, rule, what: str, needs_outp
 
     def forward_hook(module, args, out):
         if isinstance(out, Tensor) and out.requires_grad:
-            kept = out.detach().clone() if needs_output else out
+            kept = out.clone() if needs_output else out  # keeps the graph: create_graph maps stay differentiable
             out.register_hook(lambda grad: rule(grad, kept) if objective.rules_active else None)
 
     return forward_hooks(modules, forward_hook)
