@@ -30,6 +30,11 @@ FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 
 
+# What Chromium answers when a page is replaced while it evaluates (a redirect in flight).
+NAVIGATING = ("Inspected target navigated or closed", "Cannot find context with specified id",
+              "Execution context was destroyed")
+
+
 class BrowserError(RuntimeError):
     pass
 
@@ -192,9 +197,16 @@ class Browser:
         """Poll a JavaScript expression until it is neither null nor false; its last value (so null or
         false on timeout; an empty list or 0 is an answer)."""
         deadline = time.monotonic() + timeout
-        while ((value := self.evaluate(expression)) is None or value is False) and time.monotonic() < deadline:
+        while True:
+            try:
+                value = self.evaluate(expression)
+            except BrowserError as error:  # the page is navigating (a redirect): ask again
+                if not any(text in str(error) for text in NAVIGATING) or time.monotonic() >= deadline:
+                    raise
+                value = None
+            if (value is not None and value is not False) or time.monotonic() >= deadline:
+                return value
             time.sleep(every)
-        return value
 
     def screenshot(self, path) -> tuple[int, int]:
         """A full-page PNG of the current page at the current viewport width; returns its CSS size."""
