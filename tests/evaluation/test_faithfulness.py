@@ -145,3 +145,30 @@ def test_retrieval_matches_direct_computation():
         evaluation.retrieval(model, x, 2 * torch.ones(4, 8, 8), pred)
     with pytest.raises(ValueError, match="to match"):
         evaluation.retrieval(model, x, torch.ones(4, 2, 8, 8), pred)
+
+
+# ---------------------------------------------------------------------- paper B's fidelity
+
+
+def test_saliency_fidelity_closed_form_and_invariants():
+    # a linear softmax model: every probability has a closed form
+    w = torch.randn(3, 2 * 4 * 4, generator=gen(30), dtype=torch.float64)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(32, 3, bias=False)).double().eval()
+    model[1].weight.data.copy_(w)
+    x = torch.randn(5, 2, 4, 4, generator=gen(31), dtype=torch.float64)
+    maps = torch.rand(5, 4, 4, generator=gen(32), dtype=torch.float64)
+    target = torch.tensor([0, 1, 2, 0, 1])
+    centred = (maps - maps.flatten(1).mean(1).view(-1, 1, 1)).unsqueeze(1)
+    p_clean = (x.flatten(1) @ w.T).softmax(1)[torch.arange(5), target]
+    p_masked = ((x * centred).flatten(1) @ w.T).softmax(1)[torch.arange(5), target]
+    expected = -(p_masked / p_clean).log()
+    got = evaluation.saliency_fidelity(model, x, maps, target, batch_size=2)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(evaluation.saliency_fidelity(model, x, maps.unsqueeze(1), target), expected)
+    # a constant map zeroes the input: SF = log p(x) - log p(0) = log(3 p(x)) for a bias-free model
+    flat = evaluation.saliency_fidelity(model, x, torch.ones(5, 4, 4, dtype=torch.float64), target)
+    torch.testing.assert_close(flat, (3 * p_clean).log())
+    with pytest.raises(ValueError, match="reduce the channels"):
+        evaluation.saliency_fidelity(model, x, torch.rand(5, 2, 4, 4, dtype=torch.float64), target)
+    with pytest.raises(ValueError, match="finite"):
+        evaluation.saliency_fidelity(model, x, torch.full((5, 4, 4), float("nan"), dtype=torch.float64), target)

@@ -129,3 +129,15 @@ def test_max_sensitivity_seeded_clamped_and_l2():
         evaluation.max_sensitivity(gradient_explainer, model, x, target, radius=0.1, norm="l1")
     with pytest.raises(ValueError, match="radius"):
         evaluation.max_sensitivity(gradient_explainer, model, x, target, radius=-0.1)
+
+
+def test_saliency_sensitivity_is_map_change_per_input_change():
+    x = torch.rand(3, 3, 4, 4, generator=gen(40))
+    step = torch.zeros_like(x)
+    step[0, 0, 0, 0], step[1] = 0.5, 0.01  # image 2 is not moved
+    a, b = torch.rand(3, 1, 4, 4, generator=gen(41)), torch.rand(3, 1, 4, 4, generator=gen(42))
+    got = evaluation.saliency_sensitivity(a, b, x, x + step)
+    torch.testing.assert_close(got[:2], (a - b)[:2].flatten(1).norm(dim=1) / step[:2].flatten(1).norm(dim=1))
+    assert torch.isnan(got[2])
+    with pytest.raises(ValueError, match="must"):
+        evaluation.saliency_sensitivity(a, b[:2], x, x)

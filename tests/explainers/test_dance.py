@@ -114,6 +114,12 @@ def test_dance_on_explicit_decoys_matches_gradients_taken_one_decoy_at_a_time(cn
         with pytest.warns(UserWarning):
             got = dance(model, x, t, decoys=decoys, aggregate=how)
         torch.testing.assert_close(got, torch.stack(expected), rtol=1e-10, atol=1e-12)
+    with pytest.warns(UserWarning):  # several readings from one run of the base explainer
+        every = dance(model, x, t, decoys=decoys, aggregate=["range", "mean", "range_per_position"])
+    for how, expected in (("range", ranges), ("mean", means), ("range_per_position", per_position)):
+        torch.testing.assert_close(every[how], torch.stack(expected), rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="distinct"):
+        dance(model, x, t, decoys=decoys, aggregate=["mean", "mean"])
 
 
 def test_constant_decoy_ablation_matches_a_hand_built_range(cnn_case):

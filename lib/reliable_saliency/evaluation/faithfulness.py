@@ -1,5 +1,6 @@
 """Faithfulness: does the model's output follow the map? Deletion and insertion AUC (Petsiuk et
-al. 2018) and paper A's retrieval of the clean prediction from the masked input.
+al. 2018), paper A's retrieval of the clean prediction from the masked input, and paper B's
+saliency fidelity.
 
 All steps of all images share the batch axis, in chunks of at most ``batch_size`` model inputs
 (None: :func:`..core.batching.default_batch_size`); the model runs in no-grad mode, its mode left
@@ -18,7 +19,7 @@ from ..maps.checks import check_finite, pixel_maps
 from ..maps.similarity import descending_order
 from .common import prepare
 
-__all__ = ["SUBSTRATES", "deletion_auc", "insertion_auc", "retrieval"]
+__all__ = ["SUBSTRATES", "deletion_auc", "insertion_auc", "retrieval", "saliency_fidelity"]
 
 SUBSTRATES = ("zero", "mean", "blur")
 
@@ -150,3 +151,37 @@ def retrieval(
             hits.append(p.argmax(1) == clean_prediction[lo:hi])
             probs.append(p.gather(1, clean_prediction[lo:hi].unsqueeze(1)).squeeze(1).to(x.dtype))
     return torch.cat(hits), torch.cat(probs)
+
+
+def saliency_fidelity(
+    model: nn.Module, x: Tensor, maps: Tensor, target: Tensor | int, *, batch_size: int | None = None,
+) -> Tensor:
+    """Paper B's saliency fidelity (lower is better), (N,)::
+
+        SF(E, x) = -log( F_c((E - mean(E)) * x) / F_c(x) )
+
+    ``F_c`` the softmax probability of ``target``; ``E`` the normalised map (N, H, W) or
+    (N, 1, H, W), broadcast over channels, its mean taken per image; the product multiplies the
+    normalised input (as :func:`retrieval`: 0 is the dataset's mean colour). The paper's formula is
+    partly garbled; this is its most consistent reading [inferred]. Computed as a difference of
+    log-softmax values, so it stays finite where the masked probability underflows."""
+    check_batch_size(batch_size)
+    check_finite(maps, "maps")
+    target = prepare(model, x, target)
+    n, c, h, w = x.shape
+    if maps.dim() == 3:
+        maps = maps.unsqueeze(1)
+    if maps.dim() != 4 or maps.shape[0] != n or maps.shape[1] != 1 or maps.shape[2:] != (h, w):
+        raise ValueError(f"maps must have shape ({n}, {h}, {w}) or ({n}, 1, {h}, {w}) to match x "
+                         f"{tuple(x.shape)}, got {tuple(maps.shape)}; reduce the channels first")
+    if maps.device != x.device:
+        raise ValueError(f"maps are on {maps.device} but x is on {x.device}")
+    centred = (maps - maps.mean(dim=(1, 2, 3), keepdim=True)).to(x.dtype)
+    out = []
+    with torch.no_grad():
+        for lo, hi in chunk_ranges(n, resolve_batch_size(batch_size, x)):
+            t = target[lo:hi, None]
+            clean = model(x[lo:hi]).log_softmax(1).gather(1, t)
+            masked = model(x[lo:hi] * centred[lo:hi]).log_softmax(1).gather(1, t)
+            out.append((clean - masked).squeeze(1).to(x.dtype))
+    return torch.cat(out)

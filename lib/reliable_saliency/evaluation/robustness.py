@@ -1,4 +1,5 @@
-"""Robustness of explanations to input noise: max-sensitivity (Yeh et al. 2019)."""
+"""Robustness of explanations to input changes: max-sensitivity (Yeh et al. 2019) and paper B's
+sensitivity of a map to a given perturbation."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from ..explainers.registry import Explainer
 from ..maps.checks import check_finite, nan_where
 from .common import prepare
 
-__all__ = ["max_sensitivity"]
+__all__ = ["max_sensitivity", "saliency_sensitivity"]
 
 
 def max_sensitivity(
@@ -87,3 +88,17 @@ def max_sensitivity(
     clean, noisy = flat[:n], flat[n:].view(n, samples, -1)
     ratio = (noisy - clean.unsqueeze(1)).norm(dim=2).amax(1) / clean.norm(dim=1)
     return nan_where(clean.norm(dim=1) == 0, ratio)
+
+
+def saliency_sensitivity(clean_maps: Tensor, attacked_maps: Tensor, x: Tensor, x_adv: Tensor) -> Tensor:
+    """Paper B's sensitivity (lower is better), (N,): ``||E(x) - E(x^)||_2 / ||x - x^||_2``, the
+    maps' change per unit of input change. Pass the maps as compared (normalised the same way) and
+    ``x``, ``x_adv`` in the same units (for example pixels in [0, 1]). NaN where ``x^ = x``."""
+    check_finite(clean_maps, "clean_maps")
+    check_finite(attacked_maps, "attacked_maps")
+    if clean_maps.shape != attacked_maps.shape or clean_maps.shape[0] != x.shape[0] or x.shape != x_adv.shape:
+        raise ValueError(f"clean_maps {tuple(clean_maps.shape)} and attacked_maps {tuple(attacked_maps.shape)} must "
+                         f"match, and x {tuple(x.shape)} and x_adv {tuple(x_adv.shape)} too, with one map per image")
+    moved = (x - x_adv).flatten(1).norm(dim=1)
+    change = (clean_maps - attacked_maps).flatten(1).norm(dim=1).to(moved.dtype)
+    return nan_where(moved == 0, change / moved.clamp(min=torch.finfo(moved.dtype).tiny))

@@ -135,7 +135,8 @@ def dance(
     ``base``: a registered explainer's name (default ``"gradient"``; the paper used gradient,
     SmoothGrad and Integrated Gradients) or an explainer; ``base_options``: its options (for
     example ``{"steps": 20}`` for IG). ``aggregate``: ``"range"`` (the method),
-    ``"range_per_position"`` or ``"mean"`` (ablations), see :func:`aggregate_decoy_maps`.
+    ``"range_per_position"`` or ``"mean"`` (ablations), see :func:`aggregate_decoy_maps`; a list of
+    them returns a dict name -> map from one run of the base explainer over the decoys.
     ``decoy``: ``"optimised"`` (:func:`.decoys.make_decoys`) or ``"constant"`` (the ablation,
     :func:`.decoys.constant_decoys`). ``layer``, ``patch``, ``stride``, ``eps``, ``relative_eps``,
     ``tau``, ``steps``, ``step_size``, ``multiplier``, ``multiplier_growth``, ``repair``: decoy
@@ -161,11 +162,14 @@ def dance(
     fixed patch perturbations. Cost: the decoys (``steps`` passes up to ``layer`` per decoy) plus
     the base explainer on ``2 * P`` decoys per image (``P`` patch positions).
     """
-    aggregate = choice("aggregate", aggregate, AGGREGATES)
+    several = isinstance(aggregate, (list, tuple))
+    names = [choice("aggregate", a, AGGREGATES) for a in (aggregate if several else [aggregate])]
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"aggregate must be one of {AGGREGATES} or a list of distinct ones, got {aggregate!r}")
     decoy = choice("decoy", decoy, DECOY_KINDS)
     explain = _base_explainer(base, base_options)
     steps_after = _check_steps(postprocess)
-    if aggregate == "range_per_position" and decoy == "constant" and decoys is None:
+    if "range_per_position" in names and decoy == "constant" and decoys is None:
         raise ValueError("aggregate='range_per_position' needs two decoys per position; constant decoys have one")
     objective = Objective(model, x, target, "logit")  # checks x, the model's mode and the targets
     with torch.no_grad():
@@ -182,7 +186,7 @@ def dance(
     cover = decoys.cover(x.shape[-2], x.shape[-1])
     source = graph_input(x, create_graph)
     images_per_call = max(1, DECOY_ENTRIES_PER_CALL // (per_image * x[0].numel()))
-    pieces = []
+    pieces: dict[str, list[Tensor]] = {name: [] for name in names}
     for a, b in chunk_ranges(n, images_per_call):
         valid = decoys.valid[a:b]
         rows = valid.flatten().nonzero()[:, 0]
@@ -191,8 +195,9 @@ def dance(
         maps = explain(model, decoys.images(source, rows + a * per_image), objective.target[rows // per_image + a],
                        create_graph=create_graph, generator=generator, batch_size=batch_size)
         full = maps.new_zeros(((b - a) * per_image, *maps.shape[1:])).index_copy(0, rows, maps)
-        pieces.append(aggregate_decoy_maps(full.view(b - a, p, s, *maps.shape[1:]), valid, cover, aggregate))
-    result = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+        for name in names:
+            pieces[name].append(aggregate_decoy_maps(full.view(b - a, p, s, *maps.shape[1:]), valid, cover, name))
+    results = {name: parts[0] if len(parts) == 1 else torch.cat(parts) for name, parts in pieces.items()}
     if decoys.excluded:
         empty = int((~decoys.valid.flatten(1).any(1)).sum())
         warnings.warn(
@@ -201,7 +206,8 @@ def dance(
             f"steps or eps, or pass return_decoys=True for the report", stacklevel=2,
         )
     if steps_after is not None:
-        result = postprocessing.postprocess(result, steps_after, x=source)
-        if result.dim() == 3:
-            result = result.unsqueeze(1)
+        for name, result in results.items():
+            result = postprocessing.postprocess(result, steps_after, x=source)
+            results[name] = result.unsqueeze(1) if result.dim() == 3 else result
+    result = results if several else results[names[0]]
     return (result, decoys) if return_decoys else result
