@@ -206,6 +206,18 @@ def test_layer_by_name_or_module_and_refused_layers():
     with pytest.raises(ValueError, match="ran 2 times"):
         make_decoys(twice, x, layer="1")
 
+    class ScalarLayer(nn.Module):  # a representation without a feature axis
+        def __init__(self):
+            super().__init__()
+            self.squash = nn.Tanh()
+
+        def forward(self, z):
+            score = self.squash(z.sum((1, 2, 3)))
+            return torch.stack([score, -score], 1)
+
+    with pytest.raises(ValueError, match=r"batch axis first and at least one more axis, \(N, ...\), got \(1,\)"):
+        make_decoys(ScalarLayer().eval(), x, layer="squash")
+
 
 def test_torchvision_resnet18_with_inplace_relu_and_a_named_layer():
     torchvision = pytest.importorskip("torchvision")

@@ -171,8 +171,10 @@ class _Representation:
         captured: list[Tensor] = []
 
         def stop(module, args, out):
-            if not isinstance(out, Tensor):
-                raise ValueError(f"the decoy layer must output a tensor, got {type(out).__name__}")
+            if not isinstance(out, Tensor) or out.dim() < 2 or out.shape[0] != inputs.shape[0]:
+                got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+                raise ValueError(f"the decoy layer must output a tensor with the batch axis first and at least one "
+                                 f"more axis, (N, ...), got {got}; choose another layer")
             captured.append(out)
             raise _StopForward
 
