@@ -74,7 +74,7 @@ SIZES = {
                   direct_images=2, adaptive_images=2, knob_images=2, dense_strides=[8, 4], dense_images=1, imagenet_images=1,
                   imagenet_stride=112, loop_images=2),
     "book": dict(main_images=200, stride=8, decoy_steps=10, sg_samples=8, ig_steps=8, attack_steps=40, auc_steps=16,
-                 direct_images=24, adaptive_images=24, knob_images=16, dense_strides=[3, 1], dense_images=3, imagenet_images=2,
+                 direct_images=20, adaptive_images=20, knob_images=12, dense_strides=[3, 1], dense_images=3, imagenet_images=2,
                  imagenet_stride=32, loop_images=4),
     "paper": dict(main_images=1000, stride=3, decoy_steps=20, sg_samples=50, ig_steps=50, attack_steps=100,
                   auc_steps=32, direct_images=200, adaptive_images=100, knob_images=100, dense_strides=[2, 1], dense_images=20,
