@@ -107,6 +107,19 @@ def test_publishable_folds_code_and_removes_default_parameters():
     assert tags == [["parameters", "remove-cell"], ["injected-parameters"], ["hide-input"], ["show-input"], []]
 
 
+def test_publishable_names_a_warning_cell_not_the_kernel_file():
+    from reliable_saliency.chapter.run import publishable
+
+    warning = "/tmp/ipykernel_1727/1293102669.py:19: UserWarning: DANCE: 1 of 600 decoys left out\n"
+    notebook = {"cells": [{"cell_type": "code", "metadata": {}, "outputs": [
+        {"output_type": "stream", "name": "stderr", "text": [warning, "  pair.append(...)\n"]},
+        {"output_type": "stream", "name": "stdout", "text": "data under /data/cifar10 stays as printed\n"}]}]}
+    publishable(notebook)
+    outputs = notebook["cells"][0]["outputs"]
+    assert outputs[0]["text"] == "<cell>:19: UserWarning: DANCE: 1 of 600 decoys left out\n  pair.append(...)\n"
+    assert outputs[1]["text"] == "data under /data/cifar10 stays as printed\n"
+
+
 def test_rerun_box_names_command_hardware_and_checkpoints(monkeypatch):
     from reliable_saliency.chapter.rerun import RERUN_COMMAND_ENV, rerun_box
     from reliable_saliency.core import experiment

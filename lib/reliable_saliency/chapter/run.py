@@ -14,6 +14,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shlex
 import sys
 import time
@@ -39,13 +40,23 @@ def count_figures(notebook) -> int:
                for cell in notebook["cells"] for output in cell.get("outputs", []))
 
 
+# the kernel's temporary file of a cell, as a warning raised from the cell names it
+KERNEL_CELL_FILE = re.compile(r"(?:[A-Za-z]:)?[\\/][^\s:'\"]*ipykernel_\d+[\\/]\d+\.py")
+
+
 def publishable(notebook) -> None:
-    """Tags for the book, set in place: the default ``parameters`` cell is removed (the injected
+    """Prepared for the book, in place: the default ``parameters`` cell is removed (the injected
     values stay visible), every other code cell's input is folded behind a toggle unless the cell
-    is tagged ``show-input``, so prose and results come first."""
+    is tagged ``show-input``, so prose and results come first; printed output names a cell's
+    kernel file (``/tmp/ipykernel_<pid>/<n>.py`` in a warning) as ``<cell>``, not by this
+    machine's path."""
     for cell in notebook["cells"]:
         if cell["cell_type"] != "code":
             continue
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream":
+                text = output["text"] if isinstance(output["text"], str) else "".join(output["text"])
+                output["text"] = KERNEL_CELL_FILE.sub("<cell>", text)
         tags = cell.setdefault("metadata", {}).setdefault("tags", [])
         if "parameters" in tags:
             wanted = "remove-cell"
