@@ -75,14 +75,21 @@ def test_map_grid_and_top_pixels():
 
 
 def test_verdicts_page_from_claims_files(tmp_path):
+    from reliable_saliency.claims import Ledger
+    from reliable_saliency.core import experiment
+
     assert "No chapter" in verdicts_page.render_page(tmp_path / "missing")
-    claim = {"id": "A1", "paper": "A", "claim": "x <b> y", "verdict": "holds", "profile": "book",
-             "evidence": {"measured": "m", "reason": "r", "numbers": {}}}
-    (tmp_path / "02_relex.json").write_text(json.dumps({"chapter": "02_relex", "claims": [claim]}))
+    for chapter in ("00_data_and_models", "02_relex"):
+        run = experiment.start_run(chapter, experiment.resolve_profile("book"), "cpu", "synthetic shapes", 0)
+        ledger = Ledger(run, bootstrap_rounds=1000)
+        ledger.record("A1", paper="A", claim="x <b> y", verdict="holds", measured="m", reason="r")
+        ledger.save(tmp_path)
     page = verdicts_page.render_page(tmp_path)
-    assert "1 claims from 1 chapters (02_relex): 1 holds" in page
+    assert "**The five papers** (1 chapters): 1 claims: 1 holds." in page
+    assert "**The book's own checks** (its models, the background papers): 1 claims: 1 holds." in page
     assert "x &lt;b&gt; y" in page  # claim text is escaped
     assert '<table class="claims-chapters">' in page and "<td style=\"text-align:left\">02_relex</td>" in page
+    assert "A. RelEx (CVPR 2021)" in page and "re-judged" not in page
 
 
 def test_run_helpers():

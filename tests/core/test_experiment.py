@@ -1,5 +1,7 @@
 """Run settings (reliable_saliency.core.experiment): profiles, provenance, atomic writes."""
 
+from pathlib import Path
+
 import pytest
 
 from reliable_saliency.core import experiment
@@ -53,3 +55,31 @@ def test_atomic_write_gives_a_normal_file_mode(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # mkstemp's 0600 would hide it from the group
+
+
+def test_library_hash_covers_every_subpackage(tmp_path):
+    """The run key's library part changes when any file of the package changes, not only core/."""
+    import shutil
+
+    package = Path(experiment.__file__).resolve().parents[1]
+    copy = tmp_path / "reliable_saliency"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert experiment.library_hash(copy) == experiment.library_hash()
+    before = experiment.library_hash(copy)
+    for relative in ("explainers/relex.py", "evaluation/reliability.py", "attacks/ghorbani.py", "claims/__init__.py"):
+        target = copy / relative
+        original = target.read_text()
+        target.write_text(original + "\n# changed\n")
+        assert experiment.library_hash(copy) != before, relative
+        target.write_text(original)
+    assert experiment.library_hash(copy) == before
+
+
+def test_run_key_changes_with_the_shipped_checkpoints(tmp_path):
+    from reliable_saliency.chapter.run import checkpoints_hash
+
+    (tmp_path / "m-book-1.json").write_text('{"sha256": "a"}')
+    first = checkpoints_hash(tmp_path)
+    (tmp_path / "m-book-1.json").write_text('{"sha256": "b"}')
+    assert checkpoints_hash(tmp_path) != first
+    assert checkpoints_hash(tmp_path / "missing") == checkpoints_hash(tmp_path / "also-missing")

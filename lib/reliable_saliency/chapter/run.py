@@ -25,7 +25,7 @@ from .parameters import ParameterError, check_overrides, read_parameters
 from .rerun import RERUN_COMMAND_ENV, RUN_KEY_ENV
 from ..core.experiment import PROFILES, atomic_write, library_hash
 
-__all__ = ["main", "execute_chapter", "run_key", "recorded_run_key", "claims_dir_for", "count_figures", "publishable"]
+__all__ = ["main", "execute_chapter", "run_key", "checkpoints_hash", "recorded_run_key", "claims_dir_for", "count_figures", "publishable"]
 
 
 def claims_dir_for(chapters_dir: Path) -> Path:
@@ -77,11 +77,25 @@ def no_figure_error(name: str) -> RuntimeError:
 
 def run_key(notebook: Path, profile: str, values: dict) -> str:
     """What a chapter's result depends on, hashed (16 hex digits): its source (the py:percent file
-    when there is one), the library's sources, the profile and the parameters."""
+    when there is one), the whole library's sources, the shipped checkpoints (their sidecars, which
+    carry each weight file's sha256), the profile and the parameters. The data are named by kind in
+    the chapter's provenance, not hashed: the offline copies and the official files are read-only."""
     source = notebook.with_suffix(".py") if notebook.with_suffix(".py").exists() else notebook
     key = {"source": hashlib.sha256(source.read_bytes()).hexdigest(), "library": library_hash(),
-           "profile": profile, "parameters": {k: repr(v) for k, v in sorted(values.items())}}
+           "checkpoints": checkpoints_hash(), "profile": profile,
+           "parameters": {k: repr(v) for k, v in sorted(values.items())}}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def checkpoints_hash(folder: Path | None = None) -> str:
+    """sha256 (12 hex digits) over the sidecars of the book's shipped checkpoints (``book/checkpoints``
+    of this checkout; each sidecar names its weight file's sha256, so a new weight file changes it)."""
+    folder = Path(folder) if folder else Path(__file__).resolve().parents[3] / "book" / "checkpoints"
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def recorded_run_key(executed: Path) -> str | None:

@@ -102,10 +102,11 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def library_hash() -> str:
-    """sha256 (12 hex digits) over the library's Python sources: which code produced a result."""
+def library_hash(package: Path | None = None) -> str:
+    """sha256 (12 hex digits) over every Python source of the ``reliable_saliency`` package (all
+    subpackages, not only ``core``): which code produced a result."""
     digest = hashlib.sha256()
-    package = Path(__file__).resolve().parent
+    package = Path(package) if package else Path(__file__).resolve().parents[1]
     for path in sorted(package.rglob("*.py")):
         digest.update(path.relative_to(package).as_posix().encode())
         digest.update(path.read_bytes())

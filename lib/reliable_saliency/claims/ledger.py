@@ -1,0 +1,242 @@
+"""The claims ledger: each chapter states every claim it tests the same way, the rule of
+:mod:`.rule` turns the per-image evidence into a verdict, and the chapter's file
+(``$RELIABLE_SALIENCY_CLAIMS_DIR/<chapter>.json``, schema 2) keeps everything a reader or a later
+rule needs: per part the values themselves, n, estimate, interval, threshold or null, its own
+verdict and power status; per claim the quantifier, the counts and the caveats."""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..core.experiment import Run, atomic_write
+from .rule import ALPHA, COMBINES, MIN_N, NO_POWER, UNDERPOWERED, VERDICTS, PartResult, count_parts, judge, \
+    verdict_text
+from .statistics import Statistic, effect_of, one_sided_p
+
+__all__ = ["Claim", "Ledger", "load_claims", "CLAIMS_DIR_ENV", "SCHEMA", "REQUIRED_KEYS", "PART_KEYS"]
+
+CLAIMS_DIR_ENV = "RELIABLE_SALIENCY_CLAIMS_DIR"
+SCHEMA = 2
+REQUIRED_KEYS = ("id", "paper", "claim", "verdict", "verdict_text", "profile", "combine", "counts", "caveats",
+                 "evidence")
+PART_KEYS = ("label", "n", "mean", "low", "high", "threshold", "tested_against", "verdict", "power", "role")
+
+
+@dataclass
+class Claim:
+    """One row of the ledger. ``combine`` is ``all`` / ``any`` / ``main``, or ``record`` for a
+    verdict that is not a bootstrap test (``evidence`` then holds the reason)."""
+
+    id: str
+    paper: str
+    claim: str
+    verdict: str
+    profile: str
+    evidence: dict = field(default_factory=dict)
+    verdict_text: str = ""
+    qualifier: str = ""
+    combine: str = "record"
+    main: str | None = None
+    direction: str = "above"
+    threshold: float | None = None
+    null: float | None = None
+    null_reason: str = ""
+    min_effect: float | None = None
+    min_effect_reason: str = ""
+    sign_verdict: str | None = None
+    min_n: int = MIN_N
+    min_n_reason: str = ""
+    caveats: list = field(default_factory=list)
+    counts: dict = field(default_factory=dict)
+
+
+def _number(value, name: str, *, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if positive and value <= 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return float(value)
+
+
+def _text(value, name: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _rounded(array: np.ndarray) -> list:
+    return [float(f"{v:.6g}") for v in array]
+
+
+class Ledger:
+    """The claims one chapter tests, in the order it tests them."""
+
+    def __init__(self, run: Run, *, bootstrap_rounds: int = 10000):
+        if not isinstance(bootstrap_rounds, int) or bootstrap_rounds < 1000:
+            raise ValueError(f"bootstrap_rounds must be an int of at least 1000 (Holm's levels need the "
+                             f"resolution), got {bootstrap_rounds!r}")
+        self.run = run
+        self.rounds = bootstrap_rounds
+        self.claims: list[Claim] = []
+
+    def _add(self, claim: Claim) -> Claim:
+        _text(claim.id, "claim id")
+        if any(c.id == claim.id for c in self.claims):
+            raise ValueError(f"claim id {claim.id!r} is already in this chapter's ledger")
+        if claim.verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {VERDICTS}, got {claim.verdict!r}")
+        claim.caveats = [_text(c, "each caveat") for c in claim.caveats]
+        self.claims.append(claim)
+        return claim
+
+    def test(self, id: str, *, paper: str, claim: str, measured: str, parts: dict, threshold: float = 0.0,
+             direction: str = "above", combine: str = "all", main: str | None = None,
+             null: float | None = None, null_reason: str = "", min_effect: float | None = None,
+             min_effect_reason: str = "", min_n: int = MIN_N, min_n_reason: str = "", caveats=(),
+             setting: str = "", paired: bool = True, nan: str = "raise") -> Claim:
+        """Test a claim on per-image values (module :mod:`.rule` for the rule). ``parts`` maps a label
+        to the per-image values, to ``(values, baseline)`` for an effect against a baseline
+        (paired per image by default), or to a :class:`~.statistics.Statistic` of the image set
+        (a rank correlation; resampled over images the same way). ``null`` replaces ``threshold`` when the statistic has a
+        chance level (``null_reason`` says why that value); ``min_effect`` makes it a magnitude
+        claim (the verdict needs the effect beyond threshold +- min_effect; the sign test is kept
+        as ``sign_verdict``). ``min_n`` below :data:`MIN_N` needs ``min_n_reason``, shown on the page."""
+        _text(id, "claim id")
+        if direction not in ("above", "below"):
+            raise ValueError(f"direction must be 'above' or 'below', got {direction!r}")
+        if combine not in COMBINES:
+            raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
+        threshold = _number(threshold, "threshold")
+        if null is not None:
+            if threshold != 0.0:
+                raise ValueError("give the statistic's chance level as null= or a threshold=, not both")
+            threshold = _number(null, "null")
+            _text(null_reason, "null_reason (why this chance level)")
+        if min_effect is not None:
+            _number(min_effect, "min_effect", positive=True)
+            _text(min_effect_reason, "min_effect_reason (why this size)")
+        if isinstance(min_n, bool) or not isinstance(min_n, int) or min_n < 2:
+            raise ValueError(f"min_n must be an int of at least 2, got {min_n!r}")
+        if min_n < MIN_N:
+            _text(min_n_reason, f"min_n_reason (min_n = {min_n} is below the book's {MIN_N})")
+        if not isinstance(parts, dict) or not parts:
+            raise ValueError("parts must be a dict holding at least one label -> values entry")
+        tested_against = threshold + (min_effect or 0.0) * (1 if direction == "above" else -1)
+        rows, results, sign_results = [], [], []
+        for label, data in parts.items():
+            if isinstance(data, Statistic):
+                effect = data
+            else:
+                values, baseline = data if isinstance(data, tuple) else (data, None)
+                effect = effect_of(values, baseline, paired=paired, nan=nan)
+            means = effect.bootstrap(self.rounds, self.run.seed)
+            power = UNDERPOWERED if effect.n < min_n else (NO_POWER if effect.constant else "ok")
+            low, high = np.percentile(means, [2.5, 97.5]) if effect.n >= 2 else (math.nan, math.nan)
+            results.append(PartResult(str(label), effect.n, effect.dropped, effect.mean, float(low), float(high),
+                                      *one_sided_p(means, tested_against, direction), power=power))
+            sign_results.append(PartResult(str(label), effect.n, effect.dropped, effect.mean, float(low),
+                                           float(high), *one_sided_p(means, threshold, direction), power=power))
+            rows.append((effect, means))
+        verdict, qualifier = judge(results, combine, main)
+        sign_verdict = judge(sign_results, combine, main)[0] if min_effect is not None else None
+        evidence_parts = []
+        for result, sign, (effect, means) in zip(results, sign_results, rows):
+            part = {**asdict(result), "threshold": threshold, "tested_against": tested_against,
+                    "direction": direction}
+            if isinstance(effect, Statistic):  # a statistic of the whole image set: its name, no per-image value
+                part["statistic"] = effect.name
+            else:
+                part["values"] = _rounded(effect.samples[0])
+            if len(effect.samples) == 2:
+                part["baseline"] = _rounded(effect.samples[1])
+            alpha = min(result.alpha_for, result.alpha_against)
+            if alpha < ALPHA and effect.n >= 2:  # judged at Holm's level: the matching interval
+                part["adjusted_level"] = 1 - 2 * alpha
+                part["adjusted_low"], part["adjusted_high"] = map(
+                    float, np.percentile(means, [100 * alpha, 100 * (1 - alpha)]))
+            if min_effect is not None:
+                part["sign_verdict"] = sign.verdict
+            evidence_parts.append(part)
+        counts = count_parts(results)
+        evidence = {"measured": measured, "setting": setting, "parts": evidence_parts, "paired": paired,
+                    "seed": self.run.seed, "device": self.run.device, "bootstrap_rounds": self.rounds}
+        return self._add(Claim(
+            id, paper, claim, verdict, self.run.profile.name, evidence,
+            verdict_text=verdict_text(verdict, qualifier, counts, combine, min_n), qualifier=qualifier,
+            combine=combine, main=main, direction=direction, threshold=threshold, null=null,
+            null_reason=null_reason, min_effect=min_effect, min_effect_reason=min_effect_reason,
+            sign_verdict=sign_verdict, min_n=min_n, min_n_reason=min_n_reason, caveats=list(caveats),
+            counts=counts))
+
+    def record(self, id: str, *, paper: str, claim: str, verdict: str, measured: str, reason: str,
+               numbers: dict | None = None, setting: str = "", qualifier: str = "", caveats=()) -> Claim:
+        """A claim whose verdict is not a bootstrap test (for example an attack that did not run
+        at full strength: ``inconclusive``, qualifier ``"attack below strength"``); ``reason`` says
+        why, ``numbers`` what was seen."""
+        _text(reason, "reason (why this verdict)")
+        evidence = {"measured": measured, "setting": setting, "reason": reason, "numbers": numbers or {},
+                    "seed": self.run.seed, "device": self.run.device}
+        text = f"{verdict}: {qualifier}" if qualifier else verdict
+        return self._add(Claim(id, paper, claim, verdict, self.run.profile.name, evidence,
+                               verdict_text=f"{text} (not a statistical test)", qualifier=qualifier,
+                               caveats=list(caveats)))
+
+    def table(self):
+        """The claims as a wrapped HTML table for the notebook."""
+        from IPython.display import HTML
+
+        from .render import claims_html
+
+        return HTML(claims_html([asdict(c) for c in self.claims], show_chapter=False))
+
+    def summary(self) -> str:
+        """One Markdown paragraph computed from the verdicts, with each claim's counts and caveats."""
+        counts = {v: sum(c.verdict == v for c in self.claims) for v in VERDICTS}
+        said = ", ".join(f"{n} {v}" for v, n in counts.items() if n)
+        lines = [f"Of {len(self.claims)} claims tested at the `{self.run.profile.name}` profile: {said}."]
+        for c in self.claims:
+            caveats = "".join(f" *Caveat:* {x}" for x in c.caveats)
+            lines.append(f"- **{c.id}, {c.verdict_text}**: {c.claim}.{caveats}")
+        if self.run.profile.name == "smoke":
+            lines.append("\n(The `smoke` profile only proves that the chapter runs; its verdicts are not results.)")
+        return "\n".join(lines)
+
+    def save(self, directory: str | Path | None = None) -> Path | None:
+        """Write ``<directory>/<chapter>.json`` atomically (default ``$RELIABLE_SALIENCY_CLAIMS_DIR``;
+        nothing is written when neither is set). Returns the path written, or None."""
+        directory = directory or os.environ.get(CLAIMS_DIR_ENV)
+        if not directory:
+            return None
+        path = Path(directory) / f"{self.run.chapter}.json"
+        document = {"schema": SCHEMA, "chapter": self.run.chapter, "provenance": self.run.as_dict(),
+                    "claims": [asdict(c) for c in self.claims]}
+        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(document, indent=1) + "\n"))
+        return path
+
+
+def load_claims(directory: str | Path) -> list[dict]:
+    """Every chapter's claims from ``<directory>/*.json``, in chapter order, each with ``chapter``;
+    refuses a file of another schema, a claim that lacks a key of schema 2, or an unknown verdict."""
+    claims = []
+    for path in sorted(Path(directory).glob("*.json")):
+        document = json.loads(path.read_text())
+        if document.get("schema") != SCHEMA:
+            raise ValueError(f"{path.name}: claims schema {document.get('schema')!r}, this library reads schema "
+                             f"{SCHEMA}; execute the chapter again to write it under the current rule")
+        for c in document.get("claims", []):
+            missing = [k for k in REQUIRED_KEYS if k not in c]
+            for part in c.get("evidence", {}).get("parts", []):
+                missing += [f"parts.{k}" for k in PART_KEYS if k not in part and f"parts.{k}" not in missing]
+            if missing or c["verdict"] not in VERDICTS:
+                raise ValueError(f"{path.name}: claim {c.get('id')!r} lacks {missing} or has verdict "
+                                 f"{c.get('verdict')!r} (allowed: {VERDICTS})")
+            claims.append({**c, "chapter": document.get("chapter", path.stem),
+                           "rejudged": document.get("rejudged", "")})
+    return claims

@@ -1,0 +1,236 @@
+"""Per-image values -> their mean, its bootstrap distribution over images, intervals and one-sided
+bootstrap p-values. Everything a verdict rests on is computed here, once."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = ["Estimate", "Effect", "Statistic", "effect_of", "bootstrap_mean", "interval_text",
+           "median_interval_text", "one_sided_p", "rank_agreement", "correlation_gap"]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Mean of per-image values with a bootstrap interval; ``n`` values used, ``dropped`` NaNs."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+    dropped: int = 0
+    level: float = 0.95
+
+    def text(self, digits: int = 3) -> str:
+        return f"{self.mean:.{digits}f} (95% CI {self.low:.{digits}f} to {self.high:.{digits}f})"
+
+
+def as_values(values, name: str) -> np.ndarray:
+    """One float per image (1-D); strings, booleans-as-text or nested shapes are refused clearly."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().double().cpu().numpy()
+    try:
+        array = np.asarray(values, dtype=float)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"{name} must be numbers, one per image; got {type(values).__name__} ({error})") from None
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be one value per image (1-D), got shape {array.shape}")
+    return array
+
+
+def _finite(array: np.ndarray, nan: str, name: str) -> tuple[np.ndarray, int]:
+    if nan not in ("raise", "omit"):
+        raise ValueError(f"nan must be 'raise' or 'omit', got {nan!r}")
+    bad = ~np.isfinite(array)
+    if bad.any() and nan == "raise":
+        raise ValueError(
+            f"{name} has {int(bad.sum())} NaN or infinite values of {array.size}; find out why, or "
+            f"pass nan='omit' to drop them (the count is reported in the evidence)"
+        )
+    return array[~bad], int(bad.sum())
+
+
+@dataclass(frozen=True)
+class Effect:
+    """The samples an effect is estimated from: one (per-image values, or paired differences) or
+    two independent ones (``values`` minus ``baseline``, unpaired)."""
+
+    samples: tuple[np.ndarray, ...]
+    dropped: int
+
+    @property
+    def n(self) -> int:
+        return min(s.size for s in self.samples)
+
+    @property
+    def mean(self) -> float:
+        return float(self.samples[0].mean() - (self.samples[1].mean() if len(self.samples) == 2 else 0.0)) \
+            if self.n else math.nan
+
+    @property
+    def constant(self) -> bool:
+        """Every value of every sample equal (zero variance): a ceiling or floor, no power."""
+        return all(s.size > 0 and np.ptp(s) <= 1e-12 * max(1.0, float(np.abs(s).max())) for s in self.samples)
+
+    def bootstrap(self, rounds: int, seed: int) -> np.ndarray:
+        """``rounds`` bootstrap means of the effect (images resampled with replacement; the same
+        ``seed`` and sizes give the same resampling, so mirrored values give mirrored means)."""
+        if self.n < 1:
+            return np.full(rounds, math.nan)
+        rng = np.random.default_rng(seed)
+        means = np.zeros(rounds)
+        for sign, s in zip((1.0, -1.0), self.samples):
+            means += sign * s[rng.integers(0, s.size, (rounds, s.size))].mean(1)
+        return means
+
+
+def effect_of(values, baseline=None, *, paired: bool = True, nan: str = "raise") -> Effect:
+    """``values`` (one per image), or their effect against ``baseline``: per-image differences when
+    ``paired`` (the same images, resampled together), else two independent samples."""
+    a = as_values(values, "values")
+    if baseline is not None and paired:
+        b = as_values(baseline, "baseline")
+        if a.shape != b.shape:
+            raise ValueError(f"paired values and baseline need the same images: {a.size} vs {b.size}")
+        a, baseline = a - b, None
+    a, dropped = _finite(a, nan, "values")
+    samples = [a]
+    if baseline is not None:
+        b, dropped_b = _finite(as_values(baseline, "baseline"), nan, "baseline")
+        samples.append(b)
+        dropped += dropped_b
+    return Effect(tuple(samples), dropped)
+
+
+def _check_level(level: float) -> None:
+    if not isinstance(level, numbers.Real) or not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+
+
+def bootstrap_mean(values, baseline=None, *, paired: bool = True, rounds: int = 2000,
+                   level: float = 0.95, seed: int = 0, nan: str = "raise") -> Estimate:
+    """Mean of ``values`` (minus ``baseline``, see :func:`effect_of`) with a percentile bootstrap
+    interval over images. Fewer than two values give a NaN interval; none is an error."""
+    _check_level(level)
+    if not isinstance(rounds, int) or rounds < 100:
+        raise ValueError(f"rounds must be an int of at least 100, got {rounds!r}")
+    effect = effect_of(values, baseline, paired=paired, nan=nan)
+    if effect.n == 0:
+        raise ValueError("no values left to estimate from (all NaN, or an empty sample)")
+    if effect.n < 2:
+        return Estimate(effect.mean, math.nan, math.nan, effect.n, effect.dropped, level)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(effect.bootstrap(rounds, seed), [tail, 100 - tail])
+    return Estimate(effect.mean, float(low), float(high), effect.n, effect.dropped, level)
+
+
+def one_sided_p(means: np.ndarray, threshold: float, direction: str) -> tuple[float, float]:
+    """Bootstrap p-values ``(p_for, p_against)``: the share of bootstrap means *not* on the claimed
+    side of ``threshold`` (small: the effect is on the claimed side), and the share not on the other
+    side. Mirroring the means about the threshold swaps the two exactly."""
+    slack = 1e-9 * max(1.0, abs(threshold))  # float rounding of a mean is not an effect
+    if np.isnan(means).any():
+        return 1.0, 1.0
+    at_most, at_least = float(np.mean(means <= threshold + slack)), float(np.mean(means >= threshold - slack))
+    return (at_most, at_least) if direction == "above" else (at_least, at_most)
+
+
+def interval_text(values, baseline=None, *, digits: int = 2, seed: int = 0, paired: bool = True) -> str:
+    """``"0.52 (0.41 to 0.63)"``: a mean with its 95% bootstrap interval for tables; NaN dropped;
+    ``"no usable image"`` when none is left, the bare mean for one value."""
+    effect = effect_of(values, baseline, paired=paired, nan="omit")
+    if effect.n == 0:
+        return "no usable image"
+    e = bootstrap_mean(values, baseline, paired=paired, seed=seed, nan="omit")
+    if effect.n < 2:
+        return f"{e.mean:.{digits}f} (one image)"
+    return f"{e.mean:.{digits}f} ({e.low:.{digits}f} to {e.high:.{digits}f})"
+
+
+def median_interval_text(values, *, digits: int = 2, seed: int = 0, rounds: int = 2000) -> str:
+    """Median with a percentile bootstrap interval; NaN dropped, +inf kept (it sorts last)."""
+    a = as_values(values, "values")
+    a = a[~np.isnan(a)]
+    if a.size == 0:
+        return "no usable image"
+    medians = np.median(a[np.random.default_rng(seed).integers(0, a.size, (rounds, a.size))], axis=1)
+    low, high = np.percentile(medians, 2.5, method="lower"), np.percentile(medians, 97.5, method="higher")
+    return f"{np.median(a):.{digits}f} ({low:.{digits}f} to {high:.{digits}f})"
+
+
+class Statistic:
+    """A statistic of a whole set of images (a rank correlation across methods, a difference of two
+    correlations) with the :class:`Effect` interface, so a ledger part can be one: ``fn`` maps
+    arrays whose last axis is the image to a batch of values, one per leading resample
+    (``fn(*[a[..., picks] for a in arrays])`` with ``picks`` of shape (rounds, n) gives (rounds,)).
+    Resamples where the statistic is undefined (NaN) are dropped and counted."""
+
+    def __init__(self, fn, *arrays, name: str):
+        self.fn, self.name = fn, _text_name(name)
+        self.arrays = tuple(np.asarray(a.detach().cpu().double() if isinstance(a, torch.Tensor) else a, dtype=float)
+                            for a in arrays)
+        sizes = {a.shape[-1] for a in self.arrays}
+        if len(sizes) != 1:
+            raise ValueError(f"every array of a statistic needs the same images on its last axis, got {sizes}")
+        self.n = sizes.pop()
+        self.samples = ()
+        self.dropped = 0
+
+    @property
+    def mean(self) -> float:  # the statistic on all images (called "mean" to share Effect's interface)
+        return float(self.fn(*[a[..., np.arange(self.n)[None]] for a in self.arrays])[0])
+
+    def bootstrap(self, rounds: int, seed: int) -> np.ndarray:
+        picks = np.random.default_rng(seed).integers(0, self.n, (rounds, self.n))
+        values = np.asarray(self.fn(*[a[..., picks] for a in self.arrays]), dtype=float)
+        self.dropped = int(np.isnan(values).sum())
+        return values[~np.isnan(values)] if self.dropped < rounds else np.full(rounds, math.nan)
+
+    @property
+    def constant(self) -> bool:
+        values = self.bootstrap(200, 0)
+        return bool(np.isnan(values).all() or np.ptp(values) <= 1e-12)
+
+
+def _text_name(name: str) -> str:
+    if not isinstance(name, str) or not name:
+        raise ValueError("a statistic needs a name= that says what it computes")
+    return name
+
+
+def _spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman correlation along the last axis (average ranks for ties); NaN where a row is constant."""
+    from scipy.stats import rankdata
+
+    ra, rb = rankdata(a, axis=-1), rankdata(b, axis=-1)
+    ra, rb = ra - ra.mean(-1, keepdims=True), rb - rb.mean(-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (ra * rb).sum(-1) / np.sqrt((ra ** 2).sum(-1) * (rb ** 2).sum(-1))
+
+
+def rank_agreement(score, other) -> Statistic:
+    """Spearman across methods between each method's median of ``score`` and its mean of ``other``,
+    both (methods, images) with NaN where undefined (``inf``, "not found", sorts last);
+    bootstrapped over images, resampled together for all methods."""
+    def fn(s, o):  # (methods, rounds, n) each
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN resample of a method: NaN
+            medians = np.nan_to_num(np.nanmedian(s, axis=-1), nan=np.nan, posinf=1e300).T  # (rounds, methods)
+            means = np.nanmean(o, axis=-1).T
+        rho = _spearman_rows(medians, means)
+        rho[np.isnan(medians).any(1) | np.isnan(means).any(1)] = np.nan
+        return rho
+
+    return Statistic(fn, score, other, name="Spearman across methods: median of the score vs mean of the other")
+
+
+def correlation_gap(a, b1, b2) -> Statistic:
+    """Spearman(a, b1) minus Spearman(a, b2) across images (1-D arrays), bootstrapped over images."""
+    return Statistic(lambda x, y, z: _spearman_rows(x, y) - _spearman_rows(x, z), a, b1, b2,
+                     name="Spearman(a, b1) - Spearman(a, b2) across images")
