@@ -43,22 +43,15 @@ from IPython.display import Markdown, display
 
 from reliable_saliency import data
 from reliable_saliency.attacks import pgd
-from reliable_saliency.chapter.figures import show, use_book_style
+from reliable_saliency.chapter import kit
+from reliable_saliency.chapter.figures import show
 from reliable_saliency.chapter.rerun import rerun_box
-from reliable_saliency.claims import Ledger
-from reliable_saliency.core import experiment, inputs
+from reliable_saliency.core import inputs
 from reliable_saliency.models import efficientnet_lite0
 from reliable_saliency.training import correct_per_image, zoo
 
-settings = experiment.resolve_profile(profile, eval_images=eval_images, imagenet_images=imagenet_images,
-                                      pgd_steps=pgd_steps)
-run_device = experiment.pick_device(device)
-experiment.seed_everything(seed)
-use_book_style()
-cifar_test = data.load_cifar10("test")
-run = experiment.start_run("00_data_and_models", settings, run_device, cifar_test.source, seed)
-ledger = Ledger(run)
-display(Markdown(f"**Run:** {run.line()}"))
+ch = kit.setup("00_data_and_models", globals())
+settings, run_device, run, ledger, cifar_test = ch.settings, ch.device, ch.run, ch.ledger, ch.data
 
 # %% [markdown]
 # ## The datasets
@@ -208,7 +201,7 @@ fig, axes = plt.subplots(len(models), settings.figure_images, figsize=(2 * setti
 for row, name in zip(axes, models):
     model = trained[name]
     x_adv = pgd(model, x, shown.labels.to(run_device), pgd_eps, steps=settings.pgd_steps,
-                generator=torch.Generator(device=run_device).manual_seed(seed))
+                generator=ch.generator())
     with torch.no_grad():
         clean_pred, adv_pred = model(x).argmax(1).cpu(), model(x_adv).argmax(1).cpu()
     for ax, image, label, c, a in zip(row, inputs.CIFAR10.denormalize(x_adv).cpu(), shown.labels, clean_pred, adv_pred):

@@ -61,11 +61,12 @@ from IPython.display import Markdown, display
 
 from reliable_saliency import data, maps
 from reliable_saliency.attacks import dombrowski_attack, ghorbani_attack, random_sign_noise
-from reliable_saliency.chapter.figures import map_grid, top_pixels, use_book_style
+from reliable_saliency.chapter import kit
+from reliable_saliency.chapter.figures import map_grid, top_pixels
 from reliable_saliency.chapter.rerun import rerun_box
 from reliable_saliency.chapter.selection import correctly_classified
-from reliable_saliency.claims import Ledger, bootstrap_mean
-from reliable_saliency.core import experiment, inputs
+from reliable_saliency.claims import bootstrap_mean
+from reliable_saliency.core import inputs
 from reliable_saliency.core.perturbation import pixel_change
 from reliable_saliency.explainers import get_explainer
 from reliable_saliency.maps.postprocess import postprocess
@@ -83,20 +84,11 @@ SIZES = {  # sizes this chapter sets per profile (the shared ones come from the 
     "paper": dict(surrogate_sizes=[4, 16, 50], eps_curve=EPS_CURVE, manipulation_steps=1500, manipulation_pairs=100,
                   softplus_betas=[3.0, 10.0], imagenet_images=8, mc_attack_images=None),
 }
-settings = experiment.resolve_profile(profile, attack_steps=attack_steps, mc_samples=mc_samples, ig_steps=ig_steps)
-chosen = {key: value if value is not None else SIZES[settings.name][key] for key, value in dict(
-    surrogate_sizes=surrogate_sizes, eps_curve=eps_curve, manipulation_steps=manipulation_steps,
-    manipulation_pairs=manipulation_pairs, softplus_betas=softplus_betas, imagenet_images=imagenet_images,
-    mc_attack_images=mc_attack_images).items()}
+ch = kit.setup("01_fragile_explanations", globals(), SIZES)
+settings, run_device, run, ledger, cifar_test = ch.settings, ch.device, ch.run, ch.ledger, ch.data
+chosen = vars(ch.S)
 n_attacked = attack_images or max(8, settings.eval_images // 5)
 n_mc_attacked = chosen["mc_attack_images"] or max(4, n_attacked // 4)
-run_device = experiment.pick_device(device)
-experiment.seed_everything(seed)
-use_book_style()
-cifar_test = data.load_cifar10("test")
-run = experiment.start_run("01_fragile_explanations", settings, run_device, cifar_test.source, seed)
-ledger = Ledger(run)
-display(Markdown(f"**Run:** {run.line()}"))
 
 natural = zoo.load_model("lenet_natural", settings.name, device=run_device, progress=False)
 robust = zoo.load_model("lenet_fgsm", settings.name, device=run_device, progress=False)
@@ -137,8 +129,7 @@ measured = {"gradient": explainer("gradient", 1), "smoothgrad": explainer("smoot
 strongest = max(chosen["surrogate_sizes"])
 
 
-def generator():
-    return torch.Generator(device=run_device).manual_seed(seed)
+generator = ch.generator
 
 
 def saliency(explain, model, inputs, target) -> torch.Tensor:
@@ -356,16 +347,10 @@ for claim_id, claim, measured_as, values in [
      "Pearson with the target map minus Pearson with the own clean map, after, per pair",
      (maps.pearson(m["after"], m["target"]), maps.pearson(m["after"], m["before"]))),
 ]:
-    tested = ledger.test(claim_id, paper="Dombrowski et al. 2019", claim=claim, measured=measured_as,
-                         setting=manipulation_setting, parts={"gradient, natural LeNet": values})
-    if tested.verdict != "holds" and not full_strength:  # a weakened attack that fails is no evidence
-        ledger.claims.remove(tested)
-        part = tested.evidence["parts"][0]
-        ledger.record(claim_id, paper="Dombrowski et al. 2019", claim=claim, verdict="inconclusive",
-                      measured=measured_as, setting=manipulation_setting,
-                      reason=f"{chosen['manipulation_steps']} of the paper's 1,500 steps: not at full strength",
-                      numbers={"effect": part["mean"], "CI low": part["low"], "CI high": part["high"],
-                               "pairs": part["n"]})
+    ledger.test(claim_id, paper="Dombrowski et al. 2019", claim=claim, measured=measured_as,
+                setting=manipulation_setting, parts={"gradient, natural LeNet": values},
+                below_strength="" if full_strength else f"{chosen['manipulation_steps']} of the paper's 1,500 steps",
+                weakness_favours="does not hold")  # a weakened attack that fails is no evidence
 smooth_labels = [label for label in manipulations if "Softplus" in label]
 ledger.test(
     "F1.5", paper="Dombrowski et al. 2019 (beta-smoothing)",

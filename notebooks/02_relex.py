@@ -75,11 +75,11 @@ from IPython.display import Markdown
 
 from reliable_saliency import data, maps
 from reliable_saliency.attacks import ghorbani_attack, masked_retrieval_attack, pgd, random_sign_noise
-from reliable_saliency.chapter.figures import map_grid, use_book_style
+from reliable_saliency.chapter import kit
+from reliable_saliency.chapter.figures import map_grid
 from reliable_saliency.chapter.selection import correctly_classified
 from reliable_saliency.chapter.timing import PassCounter, bound_per_pass
-from reliable_saliency.claims import Ledger
-from reliable_saliency.core import experiment, inputs
+from reliable_saliency.core import inputs
 from reliable_saliency.core.batching import image_seeds
 from reliable_saliency.evaluation import deletion_auc, retrieval
 from reliable_saliency.explainers import get_explainer, relex
@@ -108,21 +108,10 @@ SIZES = {
                   adaptive_detached=(50, 4), lambda1_values=[1e-3, 4.9e-3, 2e-2], imagenet_images=8,
                   imagenet_relex=(50, 50), loop_images=8),
 }
-S = SimpleNamespace(**{name: default if globals()[name] is None else globals()[name]
-                       for name, default in SIZES[profile].items()})
-if not S.attack_images <= S.sweep_images <= S.main_images or max(S.check_images, S.transfer_images) > S.main_images:
-    raise ValueError("need attack_images <= sweep_images <= main_images, and check_images and transfer_images "
-                     "<= main_images")
-settings = experiment.resolve_profile(profile)
-run_device = experiment.pick_device(device)
-experiment.seed_everything(seed)
-use_book_style()
-cifar_test = data.load_cifar10("test")
-run = experiment.start_run("02_relex", settings, run_device, cifar_test.source, seed)
-ledger = Ledger(run)
+ch = kit.setup("02_relex", globals(), SIZES, within={"attack_images": "sweep_images", "sweep_images": "main_images",
+                                                     "check_images": "main_images", "transfer_images": "main_images"})
+S, settings, run_device, run, ledger, cifar_test = ch.S, ch.settings, ch.device, ch.run, ch.ledger, ch.data
 PAPER = "RelEx (Lim et al. 2021)"
-print(run.line())
-print(", ".join(f"{k}={v}" for k, v in vars(S).items()))
 
 # %% [markdown]
 # **Sizes.** The printed line above gives every size of this run. At the `book` profile (a 2-core
@@ -214,7 +203,7 @@ pd.DataFrame({
 def authors_pgd(model, xs, ys, eps: float):
     """The authors' PGD: random start, `pgd_steps` sign steps of 0.01 (normalised) x 40 / pgd_steps."""
     return pgd(model, xs, ys, min(eps, 1.0), steps=S.pgd_steps, alpha=ALPHA,
-               generator=torch.Generator(device=run_device).manual_seed(seed))
+               generator=ch.generator())
 
 
 def paper_maps(model, xs, target, methods, relex_options=None, seeds=None, timings=None):
@@ -229,7 +218,7 @@ def paper_maps(model, xs, target, methods, relex_options=None, seeds=None, timin
                                  for a in range(0, len(xs), relex_group)])
                 out[name] = (raw.sum(1), raw)
             else:
-                raw = BASELINES[name](model, xs, target, generator=torch.Generator(device=run_device).manual_seed(seed))
+                raw = BASELINES[name](model, xs, target, generator=ch.generator())
                 raw = raw.detach()
                 if name == "Grad-CAM":
                     out[name] = (raw[:, 0], postprocess(raw[:, 0], ["normalize_minmax"]))
@@ -250,20 +239,6 @@ def retrieve(model, xs, masks, target):
 def fooled_only(values, fooled):
     """Per-image values where PGD changed the prediction, NaN elsewhere (the ledger drops and counts them)."""
     return torch.where(fooled.cpu(), values.double().cpu(), torch.tensor(float("nan"), dtype=torch.float64))
-
-
-def enough(part) -> bool:
-    values = part[0] - part[1] if isinstance(part, tuple) else part
-    return int(torch.isfinite(torch.as_tensor(values, dtype=torch.float64)).sum()) >= 2
-
-
-def claim_test(id, *, parts, **claim):
-    """ledger.test, or an 'inconclusive' record when a part has fewer than two usable images."""
-    thin = [label for label, part in parts.items() if not enough(part)]
-    if not thin:
-        return ledger.test(id, parts=parts, nan="omit", **claim)
-    kept = {k: claim[k] for k in ("paper", "claim", "measured", "setting") if k in claim}
-    return ledger.record(id, verdict="inconclusive", reason=f"fewer than two usable images for {thin}", **kept)
 
 
 # %% [markdown]
@@ -352,16 +327,14 @@ def values(model_name, method, column, fooled=False):
 
 main_setting = (f"{S.main_images} CIFAR-10 test images correct for both models; PGD eps {main_eps * 255:.0f}/255, "
                 f"{S.pgd_steps} steps, random start; seeds {seed}; only images whose prediction PGD changed")
-claim_test(
-    "A2.1", paper=PAPER,
+ledger.test("A2.1", nan="omit", paper=PAPER,
     claim="RelEx retrieves the clean class of PGD adversarial examples more often than the other explainers "
           "(naturally trained model).",
     measured=f"retrieval hit (1/0) of {RELEX_FULL} minus that of each baseline, per image",
     setting=main_setting + ", lenet_natural",
     parts={f"vs {b}": (values("lenet_natural", RELEX_FULL, "retrieval, PGD", True),
                        values("lenet_natural", b, "retrieval, PGD", True)) for b in BASELINES})
-claim_test(
-    "A2.2", paper=PAPER,
+ledger.test("A2.2", nan="omit", paper=PAPER,
     claim="RelEx retrieves the clean class of PGD adversarial examples more often than the other explainers "
           "(adversarially trained model).",
     measured=f"retrieval hit of the reduced {RELEX_REDUCED} (agreement with {RELEX_FULL} below) minus that of "
@@ -420,15 +393,13 @@ print(f"{RELEX_FULL}, lenet_natural, first {n_check} images: top-{K} overlap of 
 
 # %%
 stability_setting = main_setting.replace("; only images whose prediction PGD changed", "; all images") + ", lenet_natural"
-claim_test(
-    "A2.3", paper=PAPER,
+ledger.test("A2.3", nan="omit", paper=PAPER,
     claim="RelEx maps change less under PGD than the other explainers' maps (top-k intersection).",
     measured=f"top-{K} intersection of map(x) and map(x_adv), {RELEX_FULL} minus each baseline, per image",
     setting=stability_setting,
     parts={f"vs {b}": (values("lenet_natural", RELEX_FULL, f"top-{K} intersection"),
                        values("lenet_natural", b, f"top-{K} intersection")) for b in BASELINES})
-claim_test(
-    "A2.4", paper=PAPER,
+ledger.test("A2.4", nan="omit", paper=PAPER,
     claim="RelEx maps change less under PGD than the other explainers' maps (Spearman rank correlation).",
     measured=f"Spearman of map(x) and map(x_adv), {RELEX_FULL} minus each baseline, per image (NaN: constant map)",
     setting=stability_setting,
@@ -465,15 +436,13 @@ sns.catplot(auc, x="area", y="method", col="measure", kind="bar", height=3.6, as
             color="#4c72b0").set_titles("{col_name}, lenet_natural")
 plt.show()
 auc_setting = f"{S.main_images} clean test images, lenet_natural, zero substrate, {H} pixels per step"
-claim_test(
-    "A2.5", paper=PAPER,
+ledger.test("A2.5", nan="omit", paper=PAPER,
     claim="RelEx keeps the class with the most salient pixels better than the other maps (preservation AUC).",
     measured=f"preservation AUC of {RELEX_FULL} minus each baseline, per image",
     setting=auc_setting,
     parts={f"vs {b}": (values("lenet_natural", RELEX_FULL, "preservation AUC"),
                        values("lenet_natural", b, "preservation AUC")) for b in BASELINES})
-claim_test(
-    "A2.6", paper=PAPER,
+ledger.test("A2.6", nan="omit", paper=PAPER,
     claim="Deleting RelEx's most salient pixels removes the class faster than deleting the other maps' (deletion AUC).",
     measured=f"deletion AUC of each baseline minus that of {RELEX_FULL}, per image",
     setting=auc_setting,
@@ -568,8 +537,7 @@ def sweep_values(model_name, method, eps_norm, column):
     return torch.tensor(rows[column].to_numpy(), dtype=torch.float64)
 
 
-claim_test(
-    "A2.7", paper=PAPER,
+ledger.test("A2.7", nan="omit", paper=PAPER,
     claim="At every eps of the paper the masked probability of the clean class stays higher with RelEx than "
           "with SmoothGrad (the paper's figure: RelEx 0.999 at every eps, SmoothGrad falling).",
     measured="f_c(x_adv * map(x_adv)), RelEx minus SmoothGrad, per image",
@@ -594,13 +562,13 @@ transfer_methods = list(BASELINES) + [RELEX_REDUCED]
 clean_pixel = {m: main["lenet_natural"].clean[m][0][:n_transfer] for m in transfer_methods}
 attack_alpha = min(0.5 / 255 * 100 / S.ghorbani_steps, main_eps)
 attacked = {"random sign noise": random_sign_noise(natural, xs, eps=main_eps,
-                                                   generator=torch.Generator(device=run_device).manual_seed(seed))[0]}
+                                                   generator=ch.generator())[0]}
 for target_name, explainer in {
         "SmoothGrad": get_explainer("smoothgrad", samples=ghorbani_samples, noise_level=0.1, output="probability"),
         "IG": get_explainer("integrated_gradients", steps=ghorbani_samples, baseline="zero")}.items():
     result = ghorbani_attack(natural, xs, explainer, objective="topk", eps=main_eps, alpha=attack_alpha,
                              steps=S.ghorbani_steps, k=K, surrogate_beta=10.0,
-                             generator=torch.Generator(device=run_device).manual_seed(seed))
+                             generator=ch.generator())
     attacked[f"top-k on {target_name}"] = result.x_adv
 transfer, rows = {}, []
 for attack_name, xs_adv in attacked.items():
@@ -619,8 +587,7 @@ transfer_table = pd.DataFrame(rows).set_index(["attack", "method"])
 transfer_table.style.format(precision=3)
 
 # %%
-claim_test(
-    "A2.8", paper=PAPER,
+ledger.test("A2.8", nan="omit", paper=PAPER,
     claim="Under Ghorbani's top-k attack aimed at SmoothGrad or IG, RelEx's map keeps more of its top pixels "
           "than the attacked explainer's map (transfer).",
     measured=f"top-{K} intersection with the clean map, RelEx minus the attacked explainer, per image",
@@ -725,24 +692,21 @@ ablation_setting = (f"first {n_sweep} main images, lenet_natural, PGD eps {main_
                     f"iterations, {S.reduced_samples} copies unless one copy")
 best_baseline = max(BASELINES, key=lambda b: values("lenet_natural", b, "retrieval, PGD", True)[:n_sweep].nanmean().item())
 opt_only = ablation_values["optimisation only (no noise, lambda1 = 0)"]
-claim_test(
-    "A2.9", paper="book (ablation of RelEx)",
+ledger.test("A2.9", nan="omit", paper="book (ablation of RelEx)",
     claim="A plain per-image mask optimisation for the clean class (no noise, no L1) already retrieves the clean "
           "class better than the best baseline: much of RelEx's advantage is there by construction.",
     measured=f"retrieval hit, optimisation only minus the best baseline on these images ({best_baseline}), per image",
     setting=ablation_setting + "; images whose prediction PGD changed",
     parts={f"vs {best_baseline}": (opt_only["retrieval, PGD (fooled)"],
                                    values("lenet_natural", best_baseline, "retrieval, PGD", True)[:n_sweep])})
-claim_test(
-    "A2.10", paper="book (control for retrieval)",
+ledger.test("A2.10", nan="omit", paper="book (control for retrieval)",
     claim="A RelEx mask optimised for a class the model does not predict makes most clean images look like that "
           "class: a mask's retrieval does not show that the evidence for the class was in the image.",
     measured=f"argmax f(x * m) == the wrong class (1/0) for {RELEX_REDUCED} asked for class (clean + 1) mod 10, "
              "clean images, per image",
     setting=f"first {n_sweep} main images, clean",
     parts=wrong_hit, threshold=0.5)
-claim_test(
-    "A2.11", paper=PAPER,
+ledger.test("A2.11", nan="omit", paper=PAPER,
     claim="Learning from noisy copies with L1 makes the maps locally smooth: each ingredient raises map "
           "stability under PGD (claim 2).",
     measured=f"top-{K} intersection of map(x) and map(x_adv): with minus without the ingredient, per image",
@@ -751,8 +715,7 @@ claim_test(
                                             ablation_values["no noise (one copy)"][f"top-{K} intersection"]),
            "L1 (reduced vs lambda1 = 0)": (ablation_values[f"{RELEX_REDUCED} (reduced)"][f"top-{K} intersection"],
                                           ablation_values["lambda1 = 0"][f"top-{K} intersection"])})
-claim_test(
-    "A2.12", paper=PAPER,
+ledger.test("A2.12", nan="omit", paper=PAPER,
     claim="RelEx's retrieval comes from features relevant for the input's neighbours: noise (and L1) raise "
           "retrieval beyond what optimising for the class gives (claim 4).",
     measured="retrieval hit under PGD, with minus without the ingredients, per image",
@@ -801,7 +764,7 @@ for label, (options, mode, steps) in configs.items():
     result = masked_retrieval_attack(
         natural, xa, get_explainer("relex", **options), eps=main_eps, steps=steps, alpha=main_eps / 8, mode=mode,
         checkpoints=[s for s in checkpoints if s <= steps] + [steps],
-        generator=torch.Generator(device=run_device).manual_seed(seed))
+        generator=ch.generator())
     seconds = time.perf_counter() - started
     for step, iterate in sorted(result.checkpoints.items()):
         mask = relex(natural, iterate, ya, seeds=relex_seeds[:n_attack], **REDUCED)
@@ -870,24 +833,18 @@ print(f"{RELEX_FULL} on the strongest attack's images: retrieval {authors_hit.me
 adaptive_setting = (f"first {n_attack} main images, lenet_natural, eps {main_eps * 255:.0f}/255, strongest of "
                     f"{', '.join(configs)} ({strongest}, {steps_strongest} steps of {main_eps / 8 * 255:.0f}/255), judged "
                     f"by {RELEX_FULL}; images whose prediction the attack changed")
-claim = claim_test(
-    "A2.13", paper=PAPER + "; adaptive attack: this book",
+ledger.test("A2.13", nan="omit", paper=PAPER + "; adaptive attack: this book",
     claim="RelEx still retrieves the clean class of most adversarial examples when the attack targets RelEx "
           "itself (not tested in the paper).",
     measured=f"retrieval hit (1/0) of {RELEX_FULL} at the adaptive attack's images, per image",
     setting=adaptive_setting,
-    parts={"lenet_natural": fooled_only(authors_hit, strongest_fooled)}, threshold=0.5)
-if claim.verdict != "does not hold" and not full_strength:  # a failed attack is no evidence of robustness
-    ledger.claims.remove(claim)
-    ledger.record(
-        "A2.13", paper=claim.paper, claim=claim.claim, verdict="inconclusive", measured=claim.evidence["measured"],
-        setting=adaptive_setting,
-        reason=f"the attack was not shown to be at full strength (retrieval still fell by {moved_with_steps:.3f} with "
-               f"doubled steps and {moved_with_unroll:.3f} with a longer unroll, tolerance {tolerance:.3f}; its surrogate's "
-               f"masked p was {surrogate_gap:.3f} below the reduced RelEx's, at most 0.1: a surrogate that far from "
-               f"the method is beaten without RelEx being attacked)",
-        numbers={"retrieval": authors_hit.mean().item(), "fooled": strongest_fooled.float().mean().item(),
-                 "images": n_attack})
+    parts={"lenet_natural": fooled_only(authors_hit, strongest_fooled)}, threshold=0.5,
+    below_strength="" if full_strength else (
+        f"retrieval moved by {moved_with_steps:.3f} with doubled steps and {moved_with_unroll:.3f} with a longer "
+        f"unroll, tolerance {tolerance:.3f}; the surrogate's masked probability was {surrogate_gap:.3f} below the "
+        f"reduced RelEx's, at most 0.1 allowed: a surrogate that far from the method is beaten without RelEx being "
+        f"attacked"),
+    weakness_favours="holds")  # a failed attack is no evidence of robustness
 ledger.table()
 
 # %% [markdown]
@@ -907,7 +864,7 @@ chosen = correctly_classified(lite, val37, S.imagenet_images, seed=seed, device=
 xi, yi = chosen.normalized(run_device), chosen.labels.to(run_device)
 imagenet_std = sum(inputs.IMAGENET.std) / 3
 xi_adv = pgd(lite, xi, yi, 0.07 * imagenet_std, steps=S.pgd_steps, alpha=0.01 * imagenet_std * 40 / S.pgd_steps,
-             generator=torch.Generator(device=run_device).manual_seed(seed))
+             generator=ch.generator())
 it, c = S.imagenet_relex
 lite_explainers = {f"RelEx {it}x{c}": get_explainer("relex", iterations=it, samples=c),
                    "gradient": BASELINES["gradient"],
@@ -926,7 +883,7 @@ for i in range(len(xi)):
         row = {"image": f"{i}: {chosen.classes[yi[i]][:20]}", "state": state,
                "prediction": chosen.classes[(adv_pred[i] if state == "PGD" else yi[i])][:20]}
         for name, explain in lite_explainers.items():
-            raw = explain(lite, xx, yi[i:i + 1], generator=torch.Generator(device=run_device).manual_seed(seed)).detach()
+            raw = explain(lite, xx, yi[i:i + 1], generator=ch.generator()).detach()
             if name.startswith("RelEx"):
                 mask, shown_map = raw, raw.mean(1)
             elif name == "Grad-CAM":

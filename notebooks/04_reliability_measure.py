@@ -61,9 +61,8 @@ pgd_eps: float = 8 / 255  # PGD budget for the retrieval rate, pixel units
 
 # %%
 import time
-import warnings
+from functools import partial
 from dataclasses import replace
-from types import SimpleNamespace
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -75,17 +74,17 @@ from IPython.display import Markdown, display
 
 from reliable_saliency import data
 from reliable_saliency.attacks import pgd
-from reliable_saliency.chapter.figures import map_grid, use_book_style
+from reliable_saliency.chapter import kit
+from reliable_saliency.chapter.figures import map_grid
 from reliable_saliency.chapter.rerun import rerun_box
 from reliable_saliency.chapter.selection import correctly_classified
 from reliable_saliency.chapter.timing import PassCounter
-from reliable_saliency.claims import Estimate, Ledger, bootstrap_mean, combine, verdict_for
-from reliable_saliency.core import experiment, inputs
+from reliable_saliency.claims import finite_median, interval_text, median_interval_text, rank_agreement
+from reliable_saliency.core import inputs
 from reliable_saliency.evaluation import deletion_auc, retrieval
 from reliable_saliency.evaluation.cleaning import clean_maps
 from reliable_saliency.evaluation.reliability import VARIANTS, adversarial_reliability, reliability_maps
-from reliable_saliency.explainers import EXPLAINERS, get_explainer
-from reliable_saliency.maps import spearman
+from reliable_saliency.explainers import get_explainer
 from reliable_saliency.maps.postprocess import postprocess, quantize_8bit
 from reliable_saliency.models import efficientnet_lite0
 from reliable_saliency.training import zoo
@@ -105,20 +104,10 @@ SIZES = {
                   imagenet_methods=["gradient", "SmoothGrad", "LRP-epsilon", "Grad-CAM", "random", "Sobel edges"],
                   iterations=10, imagenet_iterations=14),
 }
-S = SimpleNamespace(**{name: default if globals()[name] is None else globals()[name]
-                       for name, default in SIZES[profile].items()})
-if max(S.fgsm_images, S.relex_images, S.cleaning_images, S.retrieval_images, S.loop_images) > S.main_images:
-    raise ValueError("fgsm, relex, cleaning, retrieval and loop images are taken from the main images: ask for fewer")
-settings = experiment.resolve_profile(profile)
-run_device = experiment.pick_device(device)
-experiment.seed_everything(seed)
-use_book_style()
-cifar_test = data.load_cifar10("test")
-run = experiment.start_run("04_reliability_measure", settings, run_device, cifar_test.source, seed)
-ledger = Ledger(run)
+ch = kit.setup("04_reliability_measure", globals(), SIZES, within={
+    name: "main_images" for name in ("fgsm_images", "relex_images", "cleaning_images", "retrieval_images", "loop_images")})
+S, settings, run_device, run, ledger, cifar_test = ch.S, ch.settings, ch.device, ch.run, ch.ledger, ch.data
 PAPER = "Valle et al. 2020 (paper C)"
-display(Markdown(f"**Run:** {run.line()}"))
-display(Markdown("**Sizes:** " + ", ".join(f"`{k}` = {v}" for k, v in vars(S).items())))
 
 # %% [markdown]
 # ## The method in brief
@@ -213,8 +202,7 @@ display(Markdown(
 # from saliency maps by eye. Neither should look reliable.
 
 # %%
-def generator():
-    return torch.Generator(device=run_device).manual_seed(seed)
+generator = ch.generator
 
 
 def sobel_edges(batch: torch.Tensor, space) -> torch.Tensor:
@@ -345,33 +333,10 @@ plt.show()
 # whole interval of its fraction is above 0.5.
 
 # %%
-def usable(part) -> int:
-    values = part[0] - part[1] if isinstance(part, tuple) else part
-    return int(torch.isfinite(torch.as_tensor(values, dtype=torch.float64)).sum())
+interval = partial(interval_text, digits=2, seed=seed)  # "mean (95% interval)" for tables
 
 
-def interval(values, digits=2) -> str:
-    if usable(values) == 0:
-        return "no usable image"
-    e = bootstrap_mean(values, seed=seed, nan="omit")
-    return f"{e.mean:.{digits}f} ({e.low:.{digits}f} to {e.high:.{digits}f})"
-
-
-def finite_median(values) -> float:
-    """Median without the NaN (undefined) values; inf (not found) sorts last."""
-    a = np.asarray(values, dtype=float)
-    return float(np.median(a[~np.isnan(a)])) if (~np.isnan(a)).any() else float("nan")
-
-
-def median_interval(values, rounds=2000, digits=2) -> str:
-    """Median with a percentile bootstrap interval; NaN dropped, inf kept (it sorts last)."""
-    a = np.asarray(values, dtype=float)
-    a = a[~np.isnan(a)]
-    if a.size == 0:
-        return "no usable image"
-    medians = np.median(a[np.random.default_rng(seed).integers(0, a.size, (rounds, a.size))], axis=1)
-    low, high = np.percentile(medians, 2.5, method="lower"), np.percentile(medians, 97.5, method="higher")
-    return f"{np.median(a):.{digits}f} ({low:.{digits}f} to {high:.{digits}f})"
+median_interval = partial(median_interval_text, digits=2, seed=seed)
 
 
 rows = []
@@ -386,16 +351,6 @@ order_table = pd.DataFrame(rows).set_index(["model", "map"])
 order_table.style.format(precision=2)
 
 # %%
-def claim_test(id, *, parts, **claim):
-    """ledger.test (NaN dropped and counted), or an 'inconclusive' record when a part has fewer than
-    two usable images (possible at the smoke profile)."""
-    thin = [label for label, part in parts.items() if usable(part) < 2]
-    if not thin:
-        return ledger.test(id, parts=parts, nan="omit", **claim)
-    kept = {k: claim[k] for k in ("paper", "claim", "measured", "setting") if k in claim}
-    return ledger.record(id, verdict="inconclusive", reason=f"fewer than two usable images for {thin}", **kept)
-
-
 def parts_for(names, key, models=MODELS):
     return {f"{name} @ {model_name} ({len(values[model_name, name][key])} images)": values[model_name, name][key]
             for model_name in models for name in names if (model_name, name) in values}
@@ -406,12 +361,12 @@ search_setting = (f"CIFAR-10, bracket {sigma_max_per_entry * 255:.0f}/255 per en
                   f"resolution {resolution * 255:.3f}/255, "
                   f"{permutations} permutations; maps: the authors' post-processing; ties count as not ordered; "
                   f"undefined maps dropped (counted)")
-claim_test("C4.1", paper=PAPER,
+ledger.test("C4.1", nan="omit", paper=PAPER,
            claim="[inferred] For the common methods' maps, perturbing the relevant pixels flips the label with a "
                  "smaller budget than the same values at random places (sigma*_Rel < sigma*_RelShuf) on most images.",
            measured="1 if sigma*_Rel < sigma*_RelShuf else 0, per image (an uninformative map scores 1/11)",
            threshold=0.5, setting=search_setting, parts=parts_for(method_names, "Rel < RelShuf"))
-claim_test("C4.2", paper=PAPER,
+ledger.test("C4.2", nan="omit", paper=PAPER,
            claim="[inferred] For the common methods' maps, perturbing the irrelevant pixels needs a larger budget "
                  "than the same values at random places (sigma*_Irel > sigma*_IrelShuf) on most images.",
            measured="1 if sigma*_Irel > sigma*_IrelShuf else 0, per image (an uninformative map scores 10/11, "
@@ -433,7 +388,7 @@ for claim_id, name in (("C4.3", "random"), ("C4.4", "Sobel edges")):
     parts = {f"{label} @ {model_name} ({len(values[model_name, name][key])} images)": values[model_name, name][key]
              for model_name in MODELS for label, key in (("Rel < RelShuf", "Rel < RelShuf"),
                                                         ("Irel > IrelShuf", "Irel > IrelShuf"))}
-    claim_test(claim_id, paper=PAPER,
+    ledger.test(claim_id, nan="omit", paper=PAPER,
                claim=f"[claim 1, an objective measure] A {name} map does not look reliable: neither ordering "
                      "holds on most images.",
                measured="per image, 1 if the ordering holds else 0; each part needs its fraction below 0.5",
@@ -471,7 +426,7 @@ for model_name in MODELS:
 ranking = pd.DataFrame(rows).set_index(["model", "map"])
 ranking["rank"] = ranking.groupby(level=0)["median Rel / RelShuf"].rank(method="min").astype(int)
 display(ranking.sort_values(["model", "rank"]).drop(columns="median Rel / RelShuf"))
-claim_test("C4.5", paper=PAPER,
+ledger.test("C4.5", nan="omit", paper=PAPER,
            claim="[claim 2] The measure separates the methods it compares: the best method (chosen on half of the "
                  "images) beats the worst on most of the other half.",
            measured="1 if the best method's Rel / RelShuf is below the worst's, 0.5 for a tie, 0 otherwise, per "
@@ -525,12 +480,12 @@ clean_table = pd.DataFrame([{"map": name, "images": n_clean, "cleaned (fraction)
                             for name, res in cleaned.items()]).set_index("map")
 display(clean_table)
 clean_setting = f"lenet_natural, {n_clean} images, keep 50..1% of pixels; " + search_setting
-claim_test("C4.6", paper=PAPER,
+ledger.test("C4.6", nan="omit", paper=PAPER,
            claim="[claim 3] Cleaning with the measure gives sparser maps with no loss of reliability (sigma*_Rel "
                  "not higher).",
            measured="fraction of zero pixels, cleaned minus original map, per image", setting=clean_setting,
            parts={f"{name} ({n_clean} images)": gains[name] for name in METHODS})
-claim_test("C4.7", paper=PAPER,
+ledger.test("C4.7", nan="omit", paper=PAPER,
            claim="[claim 3, control added by this book] Cleaning gains more sparsity on the methods' maps than on a "
                  "random map (the gain reflects the map, not the measure).",
            measured="sparsity gain of the method's map minus that of the random map, per image", setting=clean_setting,
@@ -563,27 +518,6 @@ plt.show()
 # attacked images (chapter 2 measures its retrieval).
 
 # %%
-def rank_agreement(score: torch.Tensor, other: torch.Tensor, rounds: int = 1000) -> Estimate:
-    """Spearman across methods between the per-method median of `score` and the per-method mean of
-    `other`, both (methods, images) with NaN where undefined; bootstrap over images (resampled
-    together for all methods). Not found (inf) sorts last."""
-    s, o = score.double().numpy(), other.double().numpy()
-    n = s.shape[1]
-    picks = np.vstack([np.arange(n), np.random.default_rng(seed).integers(0, n, (rounds, n))])  # row 0: all images
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN resample gives NaN, handled below
-        medians = np.nan_to_num(np.nanmedian(s[:, picks], axis=2), nan=np.nan, posinf=1e300).T
-        means = np.nanmean(o[:, picks], axis=2).T
-    ok = ~(np.isnan(medians).any(1) | np.isnan(means).any(1))
-    rho = np.full(rounds + 1, np.nan)
-    rho[ok] = spearman(torch.from_numpy(medians[ok])[:, None], torch.from_numpy(means[ok])[:, None]).numpy()  # (rounds, 1, methods)
-    sampled = rho[1:][~np.isnan(rho[1:])]
-    if n < 2 or sampled.size < 2:  # no interval from a single image
-        return Estimate(float(rho[0]), np.nan, np.nan, n, rounds - sampled.size)
-    low, high = np.percentile(sampled, [2.5, 97.5])
-    return Estimate(float(rho[0]), float(low), float(high), n, rounds - sampled.size)
-
-
 names = list(METHODS)
 score_main = torch.stack([values["lenet_natural", name]["Rel / RelShuf"] for name in names])
 deletion = {name: deletion_auc(natural, x, maps_of["lenet_natural"][name], y, steps=16).cpu() for name in names}
@@ -640,15 +574,12 @@ for claim_id, what, setting, parts in [
     ("C4.9", "paper A's retrieval rate", retrieval_setting,
      {f"6 methods, {n_ret} images ({int(fooled.sum())} fooled)": agree_retrieval}),
 ]:
-    verdicts = [verdict_for(e, 0.0) for e in parts.values()]
-    ledger.record(claim_id, paper=PAPER,
-                  claim=f"[this book] The measure ranks the methods as {what} does (positive rank correlation "
-                        "across methods).",
-                  verdict=combine(verdicts), measured=f"Spearman across methods: median Rel / RelShuf vs {what}",
-                  setting=setting,
-                  reason="a rank correlation over 6 or 7 methods is weak evidence; verdict from its 95% bootstrap "
-                         "interval against 0 (" + "; ".join(f"{k}: {v}" for k, v in zip(parts, verdicts)) + ")",
-                  numbers={k: f"Spearman {e.mean:.2f} (95% CI {e.low:.2f} to {e.high:.2f})" for k, e in parts.items()})
+    ledger.test(claim_id, paper=PAPER,
+                claim=f"[this book] The measure ranks the methods as {what} does (positive rank correlation "
+                      "across methods).",
+                measured=f"Spearman across methods: median Rel / RelShuf vs {what} (a rank correlation over 6 or 7 "
+                         "methods is weak evidence)",
+                setting=setting, parts=parts)
 ledger.table()
 
 # %% [markdown]

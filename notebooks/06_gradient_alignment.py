@@ -66,9 +66,9 @@ import platform
 import subprocess
 import sys
 import time
+from functools import partial
 from contextlib import contextmanager
 from pathlib import Path
-from types import SimpleNamespace
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -78,13 +78,13 @@ import torch
 from IPython.display import Markdown, display
 from torch import nn
 
-from reliable_saliency import data
 from reliable_saliency.attacks import frame_attack, ghorbani_attack, pgd, random_sign_noise
-from reliable_saliency.chapter.figures import map_grid, use_book_style
+from reliable_saliency.chapter import kit
+from reliable_saliency.chapter.figures import map_grid
 from reliable_saliency.chapter.rerun import rerun_box
 from reliable_saliency.chapter.selection import correctly_classified
-from reliable_saliency.claims import Estimate, Ledger, bootstrap_mean, verdict_for
-from reliable_saliency.core import experiment
+from reliable_saliency.claims import bootstrap_mean, correlation_gap, interval_text
+from reliable_saliency.core.perturbation import pixel_change
 from reliable_saliency.evaluation.attribution_robustness import (
     alignment_diagnostics, cosine_distance, gradient_map, insertion_curve, random_perturbation_similarity,
 )
@@ -107,17 +107,9 @@ SIZES = {
     "paper": dict(images=2000, attack_images=1000, robust_images=2000, accuracy_images=10000,
                   invariance_images=100, frame_steps=100, ghorbani_steps=300, cost_rounds=30, cost_batch=128),
 }
-S = SimpleNamespace(**{name: default if globals()[name] is None else globals()[name]
-                       for name, default in SIZES[profile].items()})
-if max(S.attack_images, S.robust_images, S.invariance_images) > S.images:
-    raise ValueError("attack, robust and invariance images are the first of the main images: ask for fewer")
-settings = experiment.resolve_profile(profile)
-run_device = experiment.pick_device(device)
-experiment.seed_everything(seed)
-use_book_style()
-cifar_test = data.load_cifar10("test")
-run = experiment.start_run("06_gradient_alignment", settings, run_device, cifar_test.source, seed)
-ledger = Ledger(run)
+ch = kit.setup("06_gradient_alignment", globals(), SIZES, within={
+    "attack_images": "images", "robust_images": "images", "invariance_images": "images"}, show=False)
+S, settings, run_device, run, ledger, cifar_test = ch.S, ch.settings, ch.device, ch.run, ch.ledger, ch.data
 PAPER = "Joo et al. 2023 (paper E)"
 display(Markdown(f"**Run:** {run.line()}"))
 display(Markdown("**Sizes:** " + ", ".join(f"`{k}` = {v}" for k, v in vars(S).items())
@@ -214,18 +206,10 @@ display(Markdown(
     "evaluate all test images with their true label."))
 
 
-def generator():
-    return torch.Generator(device=run_device).manual_seed(seed)
+generator = ch.generator
 
 
-def interval(values, digits=3) -> str:
-    values = torch.as_tensor(values, dtype=torch.float64)
-    if int(torch.isfinite(values).sum()) == 0:
-        return "no usable image"
-    e = bootstrap_mean(values, seed=seed, nan="omit")
-    if np.isnan(e.low):
-        return f"{e.mean:.{digits}f}"
-    return f"{e.mean:.{digits}f} ({e.low:.{digits}f} to {e.high:.{digits}f})"
+interval = partial(interval_text, digits=3, seed=seed)  # "mean (95% interval)" for tables
 
 
 def map_similarity(a: torch.Tensor, b: torch.Tensor) -> dict:
@@ -387,30 +371,16 @@ ledger.record(
              **{f"median cosd / bound, {label}": float(d["tightness"].median()) for label, d in diagnostics.items()}})
 
 
-def spearman_gap(a, b1, b2, rounds=2000) -> Estimate:
-    """Spearman(a, b1) - Spearman(a, b2) over the pooled points, with a percentile bootstrap over points."""
-    a, b1, b2 = (torch.as_tensor(v, dtype=torch.float64) for v in (a, b1, b2))
-    n = len(a)
-    picks = torch.from_numpy(np.vstack([np.arange(n), np.random.default_rng(seed).integers(0, n, (rounds, n))]))
-    rows = [v[picks][:, None] for v in (a, b1, b2)]  # (rounds + 1, 1, n): one "map" per resample
-    gap = (spearman(rows[0], rows[1]) - spearman(rows[0], rows[2])).numpy()
-    low, high = np.percentile(gap[1:], [2.5, 97.5])
-    return Estimate(float(gap[0]), float(low), float(high), n)
-
-
 pooled = {k: torch.cat([d[k] for d in diagnostics.values()]) for k in ("cosd", "hvp_ratio", "hvp_norm")}
-gap = spearman_gap(pooled["cosd"], pooled["hvp_ratio"], pooled["hvp_norm"])
 rho = {k: float(spearman(pooled["cosd"][None, None], pooled[k][None, None])[0]) for k in ("hvp_ratio", "hvp_norm")}
-ledger.record(
+ledger.test(
     "E6.3", paper=PAPER,
     claim="[claim 2, inferred] Gradient alignment follows the Hessian-to-gradient-norm ratio rather than the "
           "Hessian norm: across images and models, cosd is rank-correlated more with ||Hr|| / ||g'|| than with ||Hr||.",
-    verdict=verdict_for(gap, 0.0),
-    measured="Spearman(cosd, ||Hr|| / ||g'||) minus Spearman(cosd, ||Hr||) over all (model, image) points",
+    measured="Spearman(cosd, ||Hr|| / ||g'||) minus Spearman(cosd, ||Hr||) over all (model, image) points "
+             f"(Spearman with the ratio {rho['hvp_ratio']:.3f}, with ||Hr|| {rho['hvp_norm']:.3f})",
     setting=f"{len(x)} images x 5 models pooled, {draws} Gaussian neighbours at eps 4/255; bootstrap over points",
-    reason="verdict from the 95% bootstrap interval of the difference against 0",
-    numbers={"difference": gap.text(), "Spearman with the ratio": rho["hvp_ratio"],
-             "Spearman with ||Hr||": rho["hvp_norm"]})
+    parts={"pooled points": correlation_gap(pooled["cosd"], pooled["hvp_ratio"], pooled["hvp_norm"])})
 ledger.test(
     "E6.4", paper=PAPER,
     claim="[claim 2, inferred] Minimising the Hessian norm alone is not enough: the Hessian-regularised model's "
@@ -465,12 +435,6 @@ xa, ya = x[:n_att], y[:n_att]
 K = max(1, round(0.02 * x.shape[-1] * x.shape[-2]))  # 2% of the pixels, as Ghorbani's 1000 of 224 x 224
 
 
-def pixel_change(x_after, x_before) -> dict:
-    space = MODELS["CE"].input_space
-    change = (space.denormalize(x_after) - space.denormalize(x_before)).abs().flatten(1)
-    return {"mean": change.mean(1).cpu(), "max": change.amax(1).cpu()}
-
-
 frame, frame_values, topk_values, examples = {}, {}, {}, {}
 with timed("frame attack"):
     for label, model in MODELS.items():
@@ -483,7 +447,7 @@ with timed("frame attack"):
                                **{f"to frame: {k}": v.double().cpu() for k, v in to_target.items()},
                                "label kept": result.label_kept.double().cpu(),
                                **{f"change {k} (/255)": 255 * v.double() for k, v in
-                                  pixel_change(result.x_adv, xa).items()}}
+                                  pixel_change(model.input_space, xa, result.x_adv).items()}}
 with timed("Ghorbani top-k attack"):
     for label, model in MODELS.items():
         result = ghorbani_attack(model, xa, GRADIENT, objective="topk", eps=ghorbani_eps, alpha=0.5 / 255,
@@ -496,7 +460,7 @@ with timed("Ghorbani top-k attack"):
                               "label kept (attack)": result.label_kept.double().cpu(),
                               "label kept (noise)": kept.double().cpu(),
                               **{f"change {k} (/255)": 255 * v.double() for k, v in
-                                 pixel_change(result.x_adv, xa).items()}}
+                                 pixel_change(model.input_space, xa, result.x_adv).items()}}
         examples[label] = result.trace.double().cpu()
         topk_values[label]["mean over the attack's steps"] = examples[label][1:].mean(0)
 with timed("insertion"):

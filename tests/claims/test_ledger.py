@@ -102,3 +102,16 @@ def test_ledger_without_a_folder_writes_nothing(monkeypatch):
     ledger = claims.Ledger(run_record())
     ledger.test("B1", paper="B", claim="c", measured="m", parts={"all": sample(1.0)})
     assert ledger.save() is None
+
+
+def test_an_attack_below_strength_cannot_give_the_verdict_its_failure_would():
+    ledger = claims.Ledger(run_record(), bootstrap_rounds=1000)
+    claim = ledger.test("R1", paper="P", claim="the method resists the attack", measured="m",
+                        parts={"a": sample(0.5)}, below_strength="20 of 1,500 steps", weakness_favours="holds")
+    assert claim.verdict == "inconclusive" and "attack below full strength (20 of 1,500 steps)" in claim.verdict_text
+    assert "as measured: holds" in claim.qualifier and claim.evidence["parts"][0]["n"] == 60
+    claim = ledger.test("R2", paper="P", claim="the method resists the attack", measured="m",
+                        parts={"a": sample(-0.5)}, below_strength="20 steps", weakness_favours="holds")
+    assert claim.verdict == "does not hold"  # even a weak attack broke it
+    with pytest.raises(ValueError, match="weakness_favours"):
+        ledger.test("R3", paper="P", claim="c", measured="m", parts={"a": sample(0.5)}, below_strength="x")

@@ -2,7 +2,8 @@
 
 ``ch = setup("02_relex", globals(), SIZES, within={"sweep_images": "main_images"})`` reads the
 parameters cell's values (``profile``, ``device``, ``seed``, any :class:`~..core.experiment.Profile`
-field, and every chapter size, ``None`` meaning "the profile's value"), checks them, seeds
+field that is not also a chapter size, and every chapter size, ``None`` meaning "the profile's
+value"), checks them, seeds
 everything, loads the CIFAR-10 test set, starts the run record and the claims ledger, and shows
 the run line and the sizes. Statistics for verdicts live in :mod:`reliable_saliency.claims`.
 """
@@ -63,9 +64,11 @@ def resolve_sizes(sizes: dict, profile: str, given: dict, within: dict | None = 
 
 
 def setup(chapter: str, namespace: dict, sizes: dict | None = None, *, within: dict | None = None,
-          show: bool = True) -> Chapter:
-    """Everything a chapter needs before its first experiment (module docstring)."""
-    profile_fields = {f.name for f in dataclasses.fields(experiment.Profile)} - {"name"}
+          other_data: str = "", show: bool = True) -> Chapter:
+    """Everything a chapter needs before its first experiment (module docstring); ``other_data``
+    names, by kind, data the chapter reads besides the CIFAR-10 test set (for its provenance)."""
+    own = set().union(*(table for table in (sizes or {}).values()))  # a chapter size wins over a profile field
+    profile_fields = {f.name for f in dataclasses.fields(experiment.Profile)} - {"name"} - own
     settings = experiment.resolve_profile(namespace["profile"], **{
         name: namespace[name] for name in profile_fields if namespace.get(name) is not None})
     S = resolve_sizes(sizes or {settings.name: {}}, settings.name, namespace, within)
@@ -74,7 +77,8 @@ def setup(chapter: str, namespace: dict, sizes: dict | None = None, *, within: d
     experiment.seed_everything(seed)
     use_book_style()
     test_set = data.load_cifar10("test")
-    run = experiment.start_run(chapter, settings, device, test_set.source, seed)
+    source = f"{test_set.source}; {other_data}" if other_data else test_set.source
+    run = experiment.start_run(chapter, settings, device, source, seed)
     ch = Chapter(S, settings, device, seed, run, Ledger(run), test_set)
     if show:
         from IPython.display import Markdown, display

@@ -5,12 +5,12 @@ the bootstrap; :mod:`.ledger` the chapter's ledger and its file; :mod:`.render` 
 from .ledger import CLAIMS_DIR_ENV, PART_KEYS, REQUIRED_KEYS, SCHEMA, Claim, Ledger, load_claims
 from .render import claims_html, evidence_text, part_text
 from .rule import ALPHA, COMBINES, MIN_N, VERDICTS, PartResult, count_parts, holm, judge, mirror, verdict_text
-from .statistics import (Estimate, Statistic, bootstrap_mean, correlation_gap, effect_of, interval_text,
+from .statistics import (Estimate, Statistic, bootstrap_mean, finite_median, correlation_gap, effect_of, interval_text,
                          median_interval_text, one_sided_p, rank_agreement)
 
 __all__ = [
     "VERDICTS", "COMBINES", "ALPHA", "MIN_N", "SCHEMA", "CLAIMS_DIR_ENV", "REQUIRED_KEYS", "PART_KEYS",
     "Estimate", "Claim", "Ledger", "PartResult", "bootstrap_mean", "effect_of", "one_sided_p", "holm", "judge",
     "count_parts", "verdict_text", "mirror", "load_claims", "claims_html", "evidence_text", "part_text",
-    "interval_text", "median_interval_text", "Statistic", "rank_agreement", "correlation_gap",
+    "interval_text", "median_interval_text", "Statistic", "rank_agreement", "correlation_gap", "finite_median",
 ]

@@ -100,14 +100,19 @@ class Ledger:
              direction: str = "above", combine: str = "all", main: str | None = None,
              null: float | None = None, null_reason: str = "", min_effect: float | None = None,
              min_effect_reason: str = "", min_n: int = MIN_N, min_n_reason: str = "", caveats=(),
-             setting: str = "", paired: bool = True, nan: str = "raise") -> Claim:
+             setting: str = "", paired: bool = True, nan: str = "raise", below_strength: str = "",
+             weakness_favours: str | None = None) -> Claim:
         """Test a claim on per-image values (module :mod:`.rule` for the rule). ``parts`` maps a label
         to the per-image values, to ``(values, baseline)`` for an effect against a baseline
         (paired per image by default), or to a :class:`~.statistics.Statistic` of the image set
         (a rank correlation; resampled over images the same way). ``null`` replaces ``threshold`` when the statistic has a
         chance level (``null_reason`` says why that value); ``min_effect`` makes it a magnitude
         claim (the verdict needs the effect beyond threshold +- min_effect; the sign test is kept
-        as ``sign_verdict``). ``min_n`` below :data:`MIN_N` needs ``min_n_reason``, shown on the page."""
+        as ``sign_verdict``). ``min_n`` below :data:`MIN_N` needs ``min_n_reason``, shown on the page.
+        ``below_strength`` says why an attack behind the values is not at full strength; the verdict
+        such an attack could produce by failing (``weakness_favours``: "holds" when the claim is that
+        the method resists, "does not hold" when the claim is that the attack succeeds) then reads
+        ``inconclusive``, with the reason and the numbers kept."""
         _text(id, "claim id")
         if direction not in ("above", "below"):
             raise ValueError(f"direction must be 'above' or 'below', got {direction!r}")
@@ -144,7 +149,12 @@ class Ledger:
             sign_results.append(PartResult(str(label), effect.n, effect.dropped, effect.mean, float(low),
                                            float(high), *one_sided_p(means, threshold, direction), power=power))
             rows.append((effect, means))
+        if below_strength and weakness_favours not in ("holds", "does not hold"):
+            raise ValueError("below_strength needs weakness_favours= 'holds' or 'does not hold': the verdict a "
+                             "failing attack would produce")
         verdict, qualifier = judge(results, combine, main)
+        if below_strength and verdict == weakness_favours:  # a weak attack's failure is no evidence
+            verdict, qualifier = "inconclusive", f"attack below full strength ({below_strength}); as measured: {verdict}"
         sign_verdict = judge(sign_results, combine, main)[0] if min_effect is not None else None
         evidence_parts = []
         for result, sign, (effect, means) in zip(results, sign_results, rows):

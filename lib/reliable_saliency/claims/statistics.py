@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 __all__ = ["Estimate", "Effect", "Statistic", "effect_of", "bootstrap_mean", "interval_text",
-           "median_interval_text", "one_sided_p", "rank_agreement", "correlation_gap"]
+           "median_interval_text", "finite_median", "one_sided_p", "rank_agreement", "correlation_gap"]
 
 
 @dataclass(frozen=True)
@@ -234,3 +234,10 @@ def correlation_gap(a, b1, b2) -> Statistic:
     """Spearman(a, b1) minus Spearman(a, b2) across images (1-D arrays), bootstrapped over images."""
     return Statistic(lambda x, y, z: _spearman_rows(x, y) - _spearman_rows(x, z), a, b1, b2,
                      name="Spearman(a, b1) - Spearman(a, b2) across images")
+
+
+def finite_median(values) -> float:
+    """Median without the NaN (undefined) values; +inf ("not found") sorts last; NaN when none is left."""
+    a = as_values(values, "values")
+    a = a[~np.isnan(a)]
+    return float(np.median(a)) if a.size else math.nan
