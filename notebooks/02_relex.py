@@ -63,6 +63,7 @@ relex_group: int = 8  # images per RelEx call (per-image seeds: the maps do not 
 
 # %%
 import os
+import re
 import time
 from dataclasses import replace
 from types import SimpleNamespace
@@ -206,16 +207,21 @@ def authors_pgd(model, xs, ys, eps: float):
                generator=ch.generator())
 
 
-def paper_maps(model, xs, target, methods, relex_options=None, seeds=None, timings=None):
+def paper_maps(model, xs, target, methods, relex_options=None, seeds=None, timings=None, step=None):
     """{method: (pixel map (N, H, W) for stability and AUCs, retrieval mask in [0, 1])} with the
-    paper's normalisations; RelEx and SmoothGrad draw the same noise for the same image."""
+    paper's normalisations; RelEx and SmoothGrad draw the same noise for the same image. RelEx maps
+    go through the result store under `step` (a killed run resumes; torchrun workers share them)."""
     out = {}
     for name in methods:
         with PassCounter(model) as clock:
             if name.startswith("RelEx"):  # groups of relex_group images; each image keeps its own seed
-                raw = torch.cat([relex(model, xs[a:a + relex_group], target[a:a + relex_group],
-                                       seeds=None if seeds is None else seeds[a:a + relex_group], **relex_options)
-                                 for a in range(0, len(xs), relex_group)])
+                def explain(a, b, name=name):
+                    return relex(model, xs[a:b], target[a:b], seeds=None if seeds is None else seeds[a:b],
+                                 **relex_options)
+
+                key = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{step}-{name}")
+                raw = ch.store.compute(key, explain, len(xs), shard_size=relex_group, progress=False,
+                                       params={"options": relex_options, "seeds": seeds}).to(xs.device)
                 out[name] = (raw.sum(1), raw)
             else:
                 raw = BASELINES[name](model, xs, target, generator=ch.generator())
@@ -264,15 +270,18 @@ for model_name, model in MODELS.items():
     # the reduced RelEx: on all images of the FGSM model (claim A2.2), on the sweep images of the natural one
     n = S.main_images if model is robust else S.sweep_images
     for pack, xx in ((clean, x), (adv, x_adv)):
-        pack.update(paper_maps(model, xx[:n], y[:n], [RELEX_REDUCED], REDUCED, relex_seeds[:n], timings))
+        pack.update(paper_maps(model, xx[:n], y[:n], [RELEX_REDUCED], REDUCED, relex_seeds[:n], timings,
+                               step=f"main-{model_name}-{'clean' if xx is x else 'pgd'}"))
     if model is natural:  # the authors' settings; timed for the speed section
         with PassCounter(model) as relex_clock["main"]:
-            clean.update(paper_maps(model, x, y, [RELEX_FULL], FULL, relex_seeds))
-            adv.update(paper_maps(model, x_adv, y, [RELEX_FULL], FULL, relex_seeds))
+            clean.update(paper_maps(model, x, y, [RELEX_FULL], FULL, relex_seeds, step=f"main-{model_name}-clean"))
+            adv.update(paper_maps(model, x_adv, y, [RELEX_FULL], FULL, relex_seeds, step=f"main-{model_name}-pgd"))
     else:  # the authors' settings on a subset only, to check the reduction
         n = S.check_images
         for pack, xx in ((clean, x), (adv, x_adv)):
-            pack[f"{RELEX_FULL} (check)"] = paper_maps(model, xx[:n], y[:n], [RELEX_FULL], FULL, relex_seeds[:n])[RELEX_FULL]
+            pack[f"{RELEX_FULL} (check)"] = paper_maps(
+                model, xx[:n], y[:n], [RELEX_FULL], FULL, relex_seeds[:n],
+                step=f"check-{model_name}-{'clean' if xx is x else 'pgd'}")[RELEX_FULL]
     main[model_name] = SimpleNamespace(x_adv=x_adv, fooled=fooled, clean=clean, adv=adv,
                                        seconds=time.perf_counter() - started)
     print(f"{model_name}: PGD changed {fooled.float().mean():.0%} of the predictions; {main[model_name].seconds:.0f} s")
@@ -483,7 +492,8 @@ for model_name, model in MODELS.items():
         xs_adv = authors_pgd(model, x[:n_sweep], y[:n_sweep], pixel_eps(eps_norm))
         with torch.no_grad():
             fooled = (model(xs_adv).argmax(1) != y[:n_sweep]).cpu()
-        pack = paper_maps(model, xs_adv, y[:n_sweep], sweep_methods, REDUCED, relex_seeds[:n_sweep])
+        pack = paper_maps(model, xs_adv, y[:n_sweep], sweep_methods, REDUCED, relex_seeds[:n_sweep],
+                          step=f"sweep-{model_name}-eps{eps_norm}")
         add_records(model_name, eps_norm, xs_adv, pack, fooled)
 sweep = pd.concat(records)
 fooled_curve = sweep[sweep["method"] == RELEX_REDUCED].assign(method="(PGD fooled)",
@@ -572,7 +582,8 @@ for target_name, explainer in {
     attacked[f"top-k on {target_name}"] = result.x_adv
 transfer, rows = {}, []
 for attack_name, xs_adv in attacked.items():
-    pack = paper_maps(natural, xs_adv, ys, transfer_methods, REDUCED, relex_seeds[:n_transfer])
+    pack = paper_maps(natural, xs_adv, ys, transfer_methods, REDUCED, relex_seeds[:n_transfer],
+                      step=f"transfer-{attack_name}")
     change = (space.denormalize(xs_adv) - space.denormalize(xs)).abs().flatten(1)
     with torch.no_grad():
         kept = (natural(xs_adv).argmax(1) == ys).float().mean().item()
@@ -637,8 +648,9 @@ for label, change in ablations.items():
         ablation_maps[label] = [(p[:n_sweep], m[:n_sweep]) for p, m in pair]
     else:
         options = {**REDUCED, **change}
-        ablation_maps[label] = [paper_maps(natural, xx, ys, ["RelEx"], options, relex_seeds[:n_sweep])["RelEx"]
-                                for xx in (xs, x_adv_s)]
+        ablation_maps[label] = [paper_maps(natural, xx, ys, ["RelEx"], options, relex_seeds[:n_sweep],
+                                           step=f"ablation-{label}-{state}")["RelEx"]
+                                for xx, state in ((xs, "clean"), (x_adv_s, "pgd"))]
 ablation_maps["SmoothGrad (noise, no optimisation)"] = [
     tuple(t[:n_sweep] for t in main["lenet_natural"].clean["SmoothGrad"]),
     tuple(t[:n_sweep] for t in main["lenet_natural"].adv["SmoothGrad"])]
@@ -940,7 +952,10 @@ rows = [
 ]
 for t in timings:
     rows.append({"configuration": f"{t['method']} on {t['images']} images (main table)", **t})
-speed = pd.DataFrame(rows).set_index("configuration").drop(columns=["method"], errors="ignore")
+untimed = [r["configuration"] for r in rows if r["passes"] == 0]  # read back from the result store
+if untimed:
+    print("Read from the result store of an earlier, interrupted run, so not timed here: " + "; ".join(untimed))
+speed = pd.DataFrame([r for r in rows if r["passes"] > 0]).set_index("configuration").drop(columns=["method"], errors="ignore")
 speed["s / image"] = speed["seconds"] / speed["images"]
 speed["passes / image"] = speed["passes"] / speed["images"]
 speed["x bound"] = speed["s / image"] / (speed["passes / image"] * per_pass)

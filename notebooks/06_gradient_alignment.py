@@ -506,7 +506,7 @@ table_rows[f"insertion, frame-attacked maps ({n_att} images)"] = {
 for key, name in DIAG_LABELS.items():
     table_rows[f"diagnostics: {name}"] = {label: diagnostics[label][key] for label in MODELS}
 with timed("table"):
-    summary = pd.DataFrame({row: {label: interval(v, 3 if "||" not in row else 4) for label, v in cells.items()}
+    summary = pd.DataFrame({row: {label: interval(v, digits=3 if "||" not in row else 4) for label, v in cells.items()}
                             for row, cells in table_rows.items()}).T
 summary.index.name = f"{len(x)} images unless stated"
 display(summary)

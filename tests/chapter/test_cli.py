@@ -44,6 +44,7 @@ def test_run_help_shows_the_chapter_parameters(notebooks, capsys):
     (["run", "07_small", "--profile", "huge"], "--profile must be one of"),
     (["run", "small"], "no single chapter matches 'small'"),
     (["run", "42"], "no single chapter matches '42'"),
+    (["run", "07_small", "--workers", "0"], "--workers must be at least 1"),
 ])
 def test_bad_runs_fail_before_executing(notebooks, capsys, argv, message):
     folder, calls = notebooks
@@ -56,3 +57,17 @@ def test_a_good_run_executes_with_the_checked_overrides(notebooks):
     assert cli.main(["--notebooks", str(folder), "run", "other", "--profile", "smoke", "-p", "images", "3"]) == 0
     (source, output, profile, overrides), _ = calls[0]
     assert source.name == "08_other_small.py" and profile == "smoke" and overrides == {"images": "3"}
+
+
+def test_workers_start_torchrun_with_the_same_command(notebooks, monkeypatch):
+    folder, calls = notebooks
+    started = []
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(cli.subprocess, "run", lambda command: started.append(command) or type("R", (), {"returncode": 0}))
+    argv = ["--notebooks", str(folder), "run", "7", "--workers", "2", "--profile", "smoke"]
+    assert cli.main(argv) == 0 and not calls
+    command = started[0]
+    assert command[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    assert command[5:] == ["-m", "reliable_saliency", "--notebooks", str(folder), "run", "7", "--profile", "smoke"]
+    monkeypatch.setenv("WORLD_SIZE", "2")  # inside torchrun: each worker executes the chapter itself
+    assert cli.main(argv) == 0 and len(calls) == 1 and len(started) == 1

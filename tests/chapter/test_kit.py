@@ -28,3 +28,17 @@ def test_setup_starts_the_run_and_the_ledger(tiny_cifar_root, isolated_cache):
     assert ch.run.chapter == "99_test" and ch.ledger.run is ch.run and len(ch.data) > 0
     a, b = ch.generator(), ch.generator()
     assert a.initial_seed() == b.initial_seed() == 3
+
+
+def test_the_store_key_follows_the_runner_or_the_run(tiny_cifar_root, isolated_cache, monkeypatch):
+    from reliable_saliency.chapter.rerun import RUN_KEY_ENV
+
+    monkeypatch.delenv(RUN_KEY_ENV, raising=False)
+    namespace = {"profile": "smoke", "device": "cpu", "seed": 3, "main_images": None, "sweep_images": None}
+    first = kit.setup("99_test", namespace, SIZES, show=False)
+    assert first.store.folder.parent == isolated_cache / "results" / "99_test"
+    again = kit.setup("99_test", namespace, SIZES, show=False)
+    other = kit.setup("99_test", namespace | {"sweep_images": 2}, SIZES, show=False)
+    assert again.store.folder == first.store.folder != other.store.folder
+    monkeypatch.setenv(RUN_KEY_ENV, "abc123")
+    assert kit.setup("99_test", namespace, SIZES, show=False).store.folder.name == "abc123"

@@ -62,3 +62,12 @@ def test_a_damaged_executed_chapter_has_no_key(tmp_path):
     assert run.recorded_run_key(tmp_path / "x.ipynb") is None
     (tmp_path / "y.ipynb").write_text(json.dumps({"metadata": {}}))
     assert run.recorded_run_key(tmp_path / "y.ipynb") is None
+
+
+def test_only_worker_zero_writes_the_chapter(chapter, monkeypatch):
+    notebook, out, calls = chapter
+    monkeypatch.setenv("RANK", "1")
+    written = run.execute_chapter(notebook, out, "smoke", {"images": "3"})
+    assert len(calls) == 1 and written.exists() and not out.exists()  # executed, written to a throwaway folder
+    monkeypatch.setenv("RANK", "0")
+    assert run.execute_chapter(notebook, out, "smoke", {"images": "3"}) == out / notebook.name

@@ -3,6 +3,7 @@
     reliable-saliency list
     reliable-saliency run 02_relex --help
     reliable-saliency run 02_relex --profile book -p main_images 500 -p device cuda
+    reliable-saliency run 02_relex --profile paper --workers 4     # torchrun, 4 workers on this machine
 
 From a checkout, ``./reliable-saliency`` runs it with the project's environment and ``lib/``;
 ``pip install -e .`` installs the same command. Parameters are checked against the chapter's
@@ -12,6 +13,8 @@ From a checkout, ``./reliable-saliency`` runs it with the project's environment 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -86,6 +89,10 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     run.add_argument("--if-changed", action="store_true",
                      help="skip the chapter if its executed copy has the same run key (source, library, "
                           "profile, parameters); make book uses it to resume")
+    run.add_argument("--workers", type=int, default=1,
+                     help="workers on this machine (torchrun --standalone; one per GPU, or CPU processes of one "
+                          "thread each): the chapter's per-image steps are shared out through the result store. "
+                          "Several machines: start this command under torchrun yourself (README)")
     run.add_argument("-h", "--help", action="store_true", help="this help and the chapter's parameters")
     return parser, run
 
@@ -112,6 +119,17 @@ def main(argv: list[str] | None = None) -> int:
         if len(overrides) != len(args.parameter):
             raise ParameterError("a parameter is given twice; give each once")
         check_overrides(read_parameters(source), overrides, source.stem)  # before anything is built
+        if args.workers < 1:
+            raise ParameterError(f"--workers must be at least 1 (got {args.workers})")
+        if args.workers > 1 and "WORLD_SIZE" not in os.environ:  # start the workers; each runs this command
+            rest = list(argv if argv is not None else sys.argv[1:])
+            at = rest.index("--workers") if "--workers" in rest else next(
+                i for i, a in enumerate(rest) if a.startswith("--workers="))
+            del rest[at:at + (2 if rest[at] == "--workers" else 1)]
+            command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                       f"--nproc-per-node={args.workers}", "-m", "reliable_saliency", *rest]
+            print(f"reliable-saliency: {args.workers} workers: {' '.join(command[1:])}", flush=True)
+            return subprocess.run(command).returncode
         from .run import execute_chapter
 
         execute_chapter(_paired_notebook(source), args.output, args.profile, overrides, if_changed=args.if_changed)

@@ -3,31 +3,40 @@
 ``ch = setup("02_relex", globals(), SIZES, within={"sweep_images": "main_images"})`` reads the
 parameters cell's values (``profile``, ``device``, ``seed``, any :class:`~..core.experiment.Profile`
 field that is not also a chapter size, and every chapter size, ``None`` meaning "the profile's
-value"), checks them, seeds
-everything, loads the CIFAR-10 test set, starts the run record and the claims ledger, and shows
+value"), checks them, seeds everything, joins the torchrun workers when there are several, loads
+the CIFAR-10 test set, starts the run record, the claims ledger and the result store, and shows
 the run line and the sizes. Statistics for verdicts live in :mod:`reliable_saliency.claims`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
 from .. import data
 from ..claims import Ledger
-from ..core import experiment
+from ..core import experiment, workers
+from ..core.store import ResultStore
 from .figures import use_book_style
+from .rerun import RUN_KEY_ENV
 
-__all__ = ["Chapter", "resolve_sizes", "setup"]
+__all__ = ["Chapter", "resolve_sizes", "setup", "store_key"]
+
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
 
 
 @dataclass
 class Chapter:
     """A chapter's run: ``S`` its sizes, ``settings`` the profile, ``device``, ``seed``, ``run`` the
-    record, ``ledger`` the claims, ``data`` the CIFAR-10 test set."""
+    record, ``ledger`` the claims, ``data`` the CIFAR-10 test set, ``store`` the result store of
+    its per-image steps (resumable, shared out over torchrun workers)."""
 
     S: SimpleNamespace
     settings: experiment.Profile
@@ -36,6 +45,7 @@ class Chapter:
     run: experiment.Run
     ledger: Ledger
     data: data.ImageSet
+    store: ResultStore
 
     def generator(self) -> torch.Generator:
         """A fresh generator on the chapter's device, seeded with the chapter's seed."""
@@ -63,6 +73,19 @@ def resolve_sizes(sizes: dict, profile: str, given: dict, within: dict | None = 
     return S
 
 
+def store_key(chapter: str, settings: experiment.Profile, S: SimpleNamespace, seed: int) -> str:
+    """The result store's folder for this run: the runner's run key (source, library, checkpoints,
+    profile, parameters) when the chapter runs through ``reliable-saliency run``; otherwise (plain
+    papermill, nbval) a hash of the chapter's source, the library, the profile, the sizes and the seed."""
+    if os.environ.get(RUN_KEY_ENV):
+        return os.environ[RUN_KEY_ENV]
+    source = PROJECT_ROOT / "notebooks" / f"{chapter}.py"
+    key = {"chapter": chapter, "library": experiment.library_hash(), "profile": dataclasses.asdict(settings),
+           "sizes": vars(S), "seed": seed,
+           "source": hashlib.sha256(source.read_bytes()).hexdigest() if source.exists() else ""}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=repr).encode()).hexdigest()[:16]
+
+
 def setup(chapter: str, namespace: dict, sizes: dict | None = None, *, within: dict | None = None,
           other_data: str = "", show: bool = True) -> Chapter:
     """Everything a chapter needs before its first experiment (module docstring); ``other_data``
@@ -72,14 +95,16 @@ def setup(chapter: str, namespace: dict, sizes: dict | None = None, *, within: d
     settings = experiment.resolve_profile(namespace["profile"], **{
         name: namespace[name] for name in profile_fields if namespace.get(name) is not None})
     S = resolve_sizes(sizes or {settings.name: {}}, settings.name, namespace, within)
-    device = experiment.pick_device(namespace.get("device", "auto"))
+    workers.active()  # under torchrun: join the group before the first shared step
+    device = experiment.pick_device(workers.local_device(namespace.get("device", "auto")))
     seed = namespace.get("seed", 0)
     experiment.seed_everything(seed)
     use_book_style()
     test_set = data.load_cifar10("test")
     source = f"{test_set.source}; {other_data}" if other_data else test_set.source
     run = experiment.start_run(chapter, settings, device, source, seed)
-    ch = Chapter(S, settings, device, seed, run, Ledger(run), test_set)
+    store = ResultStore(experiment.cache_dir("results", chapter), store_key(chapter, settings, S, seed))
+    ch = Chapter(S, settings, device, seed, run, Ledger(run), test_set, store)
     if show:
         from IPython.display import Markdown, display
 

@@ -17,6 +17,7 @@ import os
 import re
 import shlex
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -128,7 +129,11 @@ def execute_chapter(notebook: Path, output_dir: Path, profile: str = "smoke",
     if if_changed and recorded_run_key(output) == key:
         print(f"{output} is up to date (run key {key}: same source, library, profile and parameters)", flush=True)
         return output
-    os.environ[RUN_KEY_ENV] = key  # shown in the chapter's provenance box
+    os.environ[RUN_KEY_ENV] = key  # shown in the chapter's provenance box; names the result store's folder
+    worker = int(os.environ.get("RANK", "0"))  # under torchrun: worker 0 alone writes the chapter and its claims
+    if worker != 0:
+        output_dir = Path(tempfile.mkdtemp(prefix=f"worker-{worker}-")) / "chapters"
+        output = output_dir / notebook.name
     started = time.perf_counter()
     print(f"executing {notebook} -> {output} with {parameters}", flush=True)
     os.environ[CLAIMS_DIR_ENV] = str(claims_dir_for(output_dir))  # inherited by the kernel
