@@ -141,3 +141,15 @@ def test_rerun_box_names_command_hardware_and_checkpoints(monkeypatch):
         assert part in box
     monkeypatch.delenv(RERUN_COMMAND_ENV)
     assert "make chapter NB=02_x PROFILE=book" in rerun_box(run).data
+
+
+def test_library_reference_page_lists_what_the_library_has():
+    from reliable_saliency.chapter import api_page
+    from reliable_saliency.explainers import EXPLAINERS
+    from reliable_saliency.training.zoo import RECIPES
+
+    page = api_page.render_page()
+    assert all(f"### `{name}`" in page for name in EXPLAINERS)
+    assert all(f"<code>{name}</code>" in page for name in RECIPES)
+    assert "<code>iterations</code>" in page and "<code>samples</code>" in page  # RelEx's options
+    assert "reliable_saliency.evaluation.deletion_auc(" in page and "reliable_saliency.maps.spearman(" in page

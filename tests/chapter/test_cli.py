@@ -35,6 +35,7 @@ def test_run_help_shows_the_chapter_parameters(notebooks, capsys):
     assert cli.main(["--notebooks", str(folder), "run", "7", "--help"]) == 0
     out = capsys.readouterr().out
     assert "images" in out and "int | None" in out and "test images" in out and not calls
+    assert "default 'smoke'" not in out and "default book" in out  # the profile is --profile's, default book
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -57,6 +58,19 @@ def test_a_good_run_executes_with_the_checked_overrides(notebooks):
     assert cli.main(["--notebooks", str(folder), "run", "other", "--profile", "smoke", "-p", "images", "3"]) == 0
     (source, output, profile, overrides), _ = calls[0]
     assert source.name == "08_other_small.py" and profile == "smoke" and overrides == {"images": "3"}
+    assert output == cli.PROJECT_ROOT / "book" / "chapters"
+
+
+def test_output_is_a_book_folder_written_only_inside(notebooks, tmp_path, capsys):
+    folder, calls = notebooks
+    assert cli.main(["--notebooks", str(folder), "run", "7", "--output", str(tmp_path / "mine")]) == 0
+    output = calls[0][0][1]
+    assert output == tmp_path / "mine" / "chapters" and run.claims_dir_for(output) == tmp_path / "mine" / "claims"
+    (tmp_path / "file").write_text("x")
+    assert cli.main(["--notebooks", str(folder), "run", "7", "--output", str(tmp_path / "file")]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert cli.main(["--notebooks", str(folder), "run", "7", "--output", str(tmp_path / "file" / "below")]) == 2
+    assert "is a file" in capsys.readouterr().err and len(calls) == 1
 
 
 def test_workers_start_torchrun_with_the_same_command(notebooks, monkeypatch):

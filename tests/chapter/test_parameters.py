@@ -79,3 +79,9 @@ def test_a_cell_without_types_is_refused(tmp_path):
     path.write_text(CELL.replace("seed: int = 0", "seed = 0"))
     with pytest.raises(ParameterError, match="name: type = default"):
         read_parameters(path)
+
+
+def test_a_parameter_without_description_gets_a_clean_message(params):
+    with pytest.raises(ParameterError) as error:
+        check_overrides(params, {"seed": "-1"})  # `seed: int = 0` has no description
+    assert str(error.value) == "parameter seed must not be negative (got '-1')"

@@ -121,3 +121,34 @@ def test_corrupted_sidecar_is_the_same_corrupt_checkpoint_error(tiny_recipe, dam
     sidecar.write_text(damage, encoding="latin-1")
     with pytest.raises(zoo.CorruptCheckpointError, match="retrain=True"):
         zoo.load_model(tiny_recipe, "smoke", progress=False)
+
+
+def test_shipped_checkpoints_are_found_without_any_variable(shared_data, isolated_cache, monkeypatch):
+    monkeypatch.delenv(zoo.CHECKPOINTS_ENV, raising=False)
+    model = zoo.load_model("lenet_natural", "book", train=False)
+    path = zoo.checkpoint_path("lenet_natural", "book")
+    assert not path.exists() and (zoo.SHIPPED_CHECKPOINTS / path.name).exists()
+    assert model.zoo_info["sha256"] == zoo.file_sha256(zoo.SHIPPED_CHECKPOINTS / path.name)
+
+
+def test_no_silent_smoke_model_and_no_silent_training(tiny_recipe, capsys):
+    with pytest.raises(ValueError, match="needs a profile: 'book'"):
+        zoo.load_model(tiny_recipe)
+    with pytest.raises(zoo.NoCheckpointError, match="train=False forbids training"):
+        zoo.load_model(tiny_recipe, "smoke", train=False)
+    zoo.load_model(tiny_recipe, "smoke", progress=False)
+    notice = capsys.readouterr().err
+    assert "training it now (1 epochs on 32 images, under a minute" in notice and "/" not in notice.split("in the cache")[0]
+    zoo.load_model(tiny_recipe, "smoke", progress=False, train=False)  # now cached: no training needed
+
+
+def test_a_sidecar_matching_a_checkpoint_that_is_no_state_dict_is_refused(tiny_recipe):
+    import json
+
+    zoo.load_model(tiny_recipe, "smoke", progress=False)
+    path = zoo.checkpoint_path(tiny_recipe, "smoke")
+    torch.save({"not": "a state dict"}, path)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    path.with_suffix(".json").write_text(json.dumps({**meta, "sha256": zoo.file_sha256(path)}))
+    with pytest.raises(zoo.CorruptCheckpointError, match="(?s)could not be loaded as recipe 'lenet'.*retrain=True"):
+        zoo.load_model(tiny_recipe, "smoke", progress=False)

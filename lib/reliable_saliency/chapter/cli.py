@@ -69,7 +69,9 @@ def _paired_notebook(source: Path) -> Path:
 def _parameter_help(source: Path) -> str:
     rows = [f"parameters of {source.stem} (-p NAME VALUE; None = sized by the profile):"]
     for p in read_parameters(source).values():
-        rows.append(f"  {p.name:<22} {p.annotation:<28} default {p.default:<10} {p.help}")
+        if p.name == "profile":  # set with --profile, whose default is book (the cell's own default serves nbval)
+            continue
+        rows.append(f"  {p.name:<22} {p.annotation:<28} default {p.default:<10} {p.help}".rstrip())
     return "\n".join(rows)
 
 
@@ -82,8 +84,9 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     run = commands.add_parser("run", add_help=False, help="execute a chapter (run NAME --help: its parameters)")
     run.add_argument("chapter", nargs="?", help="file stem, number or part of the name, e.g. 02_relex, 2, relex")
     run.add_argument("--profile", default="book", help=f"one of {', '.join(PROFILES)} (default book)")
-    run.add_argument("--output", type=Path, default=PROJECT_ROOT / "book" / "chapters",
-                     help="where the executed notebook goes (its claims go to ../claims beside it)")
+    run.add_argument("--output", type=Path, default=PROJECT_ROOT / "book",
+                     help="a book folder: the executed chapter goes to OUTPUT/chapters/, its claims to "
+                          "OUTPUT/claims/; nothing is written outside it (default: this checkout's book/)")
     run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                      help="a chapter parameter: a Python literal ([1, 2], None) or arithmetic (8/255)")
     run.add_argument("--if-changed", action="store_true",
@@ -132,7 +135,12 @@ def main(argv: list[str] | None = None) -> int:
             return subprocess.run(command).returncode
         from .run import execute_chapter
 
-        execute_chapter(_paired_notebook(source), args.output, args.profile, overrides, if_changed=args.if_changed)
+        blocking = next((p for p in (args.output, *args.output.parents) if p.exists() and not p.is_dir()), None)
+        if blocking is not None:
+            raise ParameterError(f"--output {args.output}: {blocking} is a file; give a folder (it gets chapters/ "
+                                 f"and claims/)")
+        execute_chapter(_paired_notebook(source), args.output / "chapters", args.profile, overrides,
+                        if_changed=args.if_changed)
     except (ParameterError, FileNotFoundError) as error:
         print(f"reliable-saliency: error: {error}", file=sys.stderr)
         return 2

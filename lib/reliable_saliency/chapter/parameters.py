@@ -156,7 +156,8 @@ def check_overrides(parameters: dict[str, Parameter], overrides: dict[str, str],
                 f"Lists are written [1, 2], tuples (1, 2), text as a word or in quotes."
             )
         if _negative(value):
-            raise ParameterError(f"parameter {name} must not be negative (got {text!r}): {spec.help}")
+            raise ParameterError(f"parameter {name} must not be negative (got {text!r})"
+                                 + (f": {spec.help}" if spec.help else ""))
         if spec.choices and value is not None and value not in spec.choices:
             raise ParameterError(f"parameter {name} must be one of {', '.join(spec.choices)} (got {value!r})")
         values[name] = value

@@ -30,7 +30,7 @@ from .. import data as datasets
 from ..core.experiment import atomic_torch_save, atomic_write, cache_dir, resolve_profile
 from ..core.options import integer, number
 from ..models.inpainter import DCGANDiscriminator, DCGANGenerator, build_dcgan, uniform_latents
-from .zoo import CorruptCheckpointError, file_sha256, find_checkpoint, verified_sidecar
+from .zoo import PROFILE_HELP, CorruptCheckpointError, before_training, file_sha256, find_checkpoint, verified_sidecar
 
 __all__ = ["GanConfig", "GanResult", "GanRecipe", "GAN_RECIPES", "train_gan", "gan_checkpoint_path", "load_gan"]
 
@@ -220,23 +220,28 @@ def _load_verified(path: Path, recipe: GanRecipe) -> tuple[DCGANGenerator, DCGAN
 
 def load_gan(
     name: str = "dcgan_cifar10",
-    profile: str = "smoke",
+    profile: str | None = None,
     *,
     device: torch.device | str = "cpu",
     retrain: bool = False,
     progress: bool = True,
+    train: bool = True,
 ) -> tuple[DCGANGenerator, DCGANDiscriminator]:
     """The trained generator and discriminator of GAN recipe ``name`` at ``profile`` (eval mode, on
     ``device``), trained and cached on first use. Both carry ``zoo_info`` (the sidecar: sha256,
     data source, training history and seconds)."""
+    if name not in GAN_RECIPES or profile is None:
+        _recipe_or_raise(name, "smoke")  # an unknown name is the first error
+        raise ValueError(f"load_gan({name!r}) needs a profile: {PROFILE_HELP}")
     recipe = _recipe_or_raise(name, profile)
     path = gan_checkpoint_path(name, profile)
     found = None if retrain else find_checkpoint(path)
     if found is not None:
         generator, discriminator, meta = _load_verified(found, recipe)
     else:
-        full = datasets.load_cifar10("train")
         n = recipe.train_images[profile]
+        before_training(name, profile, path, epochs=recipe.epochs[profile], images=n or 50_000, cost=6.0, train=train)
+        full = datasets.load_cifar10("train")
         train_set = full if n is None else full.sample(n, seed=recipe.seed)
         torch.manual_seed(recipe.seed)  # reproducible initialisation
         generator, discriminator = recipe.build()

@@ -6,9 +6,11 @@ returns the trained model, training it if no valid checkpoint exists. Checkpoint
 source and the training history; they are written atomically, loaded with ``weights_only=True``
 and verified. Interrupted training resumes from the last finished epoch.
 
-Read-only folders of ready checkpoints (same file names, with their sidecars) can be listed in
-``$RELIABLE_SALIENCY_CHECKPOINTS`` (separated by ``:``); the book ships its own models in
-``book/checkpoints`` and the Makefile points the variable there.
+Ready checkpoints (same file names, with their sidecars) are looked for after the cache in the
+folders of ``$RELIABLE_SALIENCY_CHECKPOINTS`` (separated by ``:``), then in the book's own
+``book/checkpoints`` of this checkout, found without any variable. A model about to be *trained*
+(no checkpoint anywhere) says so first, with its size and a rough time; ``train=False`` makes that
+an error instead.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,17 +30,26 @@ from torch import nn
 from .. import data as datasets
 from .. import models
 from ..core.experiment import atomic_write, cache_dir, resolve_profile
-from .loops import TrainConfig, evaluate, train
+from .loops import TrainConfig, evaluate
+from .loops import train as fit
 from .regularisers import Regulariser
 
 __all__ = ["Recipe", "RECIPES", "load_model", "checkpoint_path", "find_checkpoint", "verified_sidecar", "file_sha256",
-           "CorruptCheckpointError", "CHECKPOINTS_ENV"]
+           "CorruptCheckpointError", "NoCheckpointError", "CHECKPOINTS_ENV", "SHIPPED_CHECKPOINTS",
+           "checkpoint_folders", "before_training"]
 
 CHECKPOINTS_ENV = "RELIABLE_SALIENCY_CHECKPOINTS"
+SHIPPED_CHECKPOINTS = Path(__file__).resolve().parents[3] / "book" / "checkpoints"  # in a checkout
+PROFILE_HELP = ("'book' (the book's models; their checkpoints ship in book/checkpoints), 'smoke' (tiny models "
+                "for tests, trained in seconds) or 'paper' (the papers' sizes, for a GPU)")
 
 
 class CorruptCheckpointError(RuntimeError):
     """A cached checkpoint does not match its recorded sha256 or cannot be read."""
+
+
+class NoCheckpointError(FileNotFoundError):
+    """No checkpoint was found and training was not allowed (``train=False``)."""
 
 
 @dataclass(frozen=True)
@@ -232,14 +244,44 @@ def checkpoint_path(name: str, profile: str) -> Path:
     return cache_dir("zoo") / f"{name}-{profile}-{digest}.pt"
 
 
+def checkpoint_folders() -> list[Path]:
+    """Where ready checkpoints are looked for after the cache: ``$RELIABLE_SALIENCY_CHECKPOINTS``'s
+    folders, then the checkout's ``book/checkpoints`` when there is one."""
+    folders = [Path(f) for f in os.environ.get(CHECKPOINTS_ENV, "").split(os.pathsep) if f]
+    return folders + ([SHIPPED_CHECKPOINTS] if SHIPPED_CHECKPOINTS.is_dir() else [])
+
+
 def find_checkpoint(path: Path) -> Path | None:
-    """The cached checkpoint, else one with the same name in a folder of ``$RELIABLE_SALIENCY_CHECKPOINTS``."""
+    """The cached checkpoint, else one with the same name in :func:`checkpoint_folders`."""
     if path.exists():
         return path
-    for folder in os.environ.get(CHECKPOINTS_ENV, "").split(os.pathsep):
-        if folder and (Path(folder) / path.name).exists():
-            return Path(folder) / path.name
+    for folder in checkpoint_folders():
+        if (folder / path.name).exists():
+            return folder / path.name
     return None
+
+
+# Rough minutes per epoch of 50,000 CIFAR-10 images on the book's 2-core CPU (measured for the
+# cross-entropy LeNet; the others scaled by their measured cost per step), for the notice below.
+_MINUTES_PER_EPOCH = {"lenet": 2.0, "mnist_cnn": 1.5, "resnet18": 60.0, "dcgan": 6.0}
+_STEP_COST = {None: 1.0, "none": 1.0, "fgsm_rs": 2.0, "pgd": 5.5, "hessian": 3.0, "l2": 3.0, "cosd": 3.0, "l2_cosd": 3.7}
+
+
+def before_training(name: str, profile: str, path: Path, *, epochs: int, images: int, cost: float,
+                    train: bool) -> None:
+    """Say that a model is about to be trained (size, rough time, where a checkpoint was looked for),
+    or raise :class:`NoCheckpointError` when ``train`` is False."""
+    places = ["the cache ($RELIABLE_SALIENCY_CACHE/zoo)"] + [
+        "the book's book/checkpoints" if f == SHIPPED_CHECKPOINTS else f"{CHECKPOINTS_ENV} folder {f.name}"
+        for f in checkpoint_folders()]
+    said = (f"no checkpoint {path.name} of zoo recipe {name!r} at profile {profile!r} in {', '.join(places)}")
+    if not train:
+        raise NoCheckpointError(f"{said}; train=False forbids training it. Use profile 'book' for the shipped "
+                                f"models, point {CHECKPOINTS_ENV} at a folder of checkpoints, or allow training.")
+    minutes = cost * epochs * images / 50_000
+    rough = "under a minute" if minutes < 1 else f"roughly {minutes:.0f} min"
+    print(f"zoo: {said}: training it now ({epochs} epochs on {images:,} images, {rough} on a 2-core CPU, much "
+          f"less on a GPU; interrupted training resumes).", file=sys.stderr, flush=True)
 
 
 def file_sha256(path: Path) -> str:
@@ -272,29 +314,40 @@ def _load_verified(path: Path, recipe: Recipe) -> tuple[nn.Module, dict]:
     try:
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     except Exception as error:
-        raise CorruptCheckpointError(f"checkpoint {path} could not be loaded ({error}). {fix}") from error
+        raise CorruptCheckpointError(f"checkpoint {path} could not be loaded as recipe {recipe.architecture!r} "
+                                     f"({error}). Delete it or call load_model(..., retrain=True).") from error
     return model, meta
 
 
 def load_model(
     name: str,
-    profile: str = "smoke",
+    profile: str | None = None,
     *,
     device: torch.device | str = "cpu",
     retrain: bool = False,
     progress: bool = True,
+    train: bool = True,
 ) -> nn.Module:
-    """The trained model of recipe ``name`` at ``profile`` (eval mode, on ``device``).
+    """The trained model of recipe ``name`` at ``profile`` (eval mode, on ``device``): ``"book"``
+    gives the book's own models (shipped checkpoints), ``"smoke"`` tiny ones for tests.
 
-    Trains and caches it on first use. ``model.zoo_info`` holds the sidecar metadata (sha256,
-    data source, training history and seconds, clean test accuracy).
+    Loads a verified checkpoint (module docstring: where); otherwise trains and caches it, saying so
+    first, unless ``train=False`` (then :class:`NoCheckpointError`). ``model.zoo_info`` holds the
+    sidecar metadata (sha256, data source, training history and seconds, clean test accuracy).
     """
     recipe = _recipe_or_raise(name)
+    if profile is None:
+        raise ValueError(f"load_model({name!r}) needs a profile: {PROFILE_HELP}")
     path = checkpoint_path(name, profile)
     found = None if retrain else find_checkpoint(path)
     if found is not None:
         model, meta = _load_verified(found, recipe)
     else:
+        images = recipe.size(profile, "train_images") or 50_000
+        cost = _MINUTES_PER_EPOCH.get(recipe.architecture, 2.0) * _STEP_COST.get(
+            recipe.adversary or (recipe.regulariser.kind if recipe.regulariser else None), 3.0)
+        before_training(name, profile, path, epochs=recipe.size(profile, "epochs"), images=images, cost=cost,
+                        train=train)
         train_set = _train_set(recipe, profile)
         torch.manual_seed(recipe.seed)  # reproducible initialisation
         model = _build(recipe)
@@ -303,7 +356,7 @@ def load_model(
         if retrain:
             state_path.unlink(missing_ok=True)
         started = time.perf_counter()
-        result = train(model, train_set, config, device=device, state_path=state_path, progress=progress)
+        result = fit(model, train_set, config, device=device, state_path=state_path, progress=progress)
         model.cpu()
         test_set = datasets.load_cifar10("test") if recipe.dataset == "cifar10" else datasets.load_mnist("test")
         atomic_write(path, lambda tmp: torch.save(model.state_dict(), tmp))
