@@ -82,6 +82,9 @@ def test_gradcam_matches_captum_layer_gradcam(cnn_case):
         ref = captum_attr.LayerAttribution.interpolate(oracle, (8, 8), "bilinear")
         torch.testing.assert_close(explainers.gradcam(model, x, t, layer=layer), ref)
         torch.testing.assert_close(explainers.gradcam(model, x, t, layer=module), ref)
+        signed = captum_attr.LayerGradCam(model, module).attribute(x, target=t, relu_attributions=False)
+        torch.testing.assert_close(explainers.gradcam(model, x, t, layer=layer, relu=False),
+                                   captum_attr.LayerAttribution.interpolate(signed, (8, 8), "bilinear"))
     frozen = copy.deepcopy(model).requires_grad_(False)  # no graph above the layer: A becomes a leaf
     torch.testing.assert_close(
         explainers.gradcam(frozen, x, t, layer="3"), explainers.gradcam(model, x, t, layer="3")

@@ -18,12 +18,17 @@ Decisions (the spec leaves them open):
   is the same in both spaces (the normalisation is a positive per-channel scale).
 - Per-pixel maps (N, H, W) / (N, 1, H, W) are broadcast over the C channels *before* the L1
   normalisation, so ``sigma`` is the total L1 norm of the perturbation over all ``D = C*H*W``
-  entries (less where g is exactly 0). The authors normalised the one-channel map, so their sigma
-  is ours / C. Permutations shuffle the map's own entries (pixels of a per-pixel map).
-- Permutations: ``permutations`` per shuffled variant and image, drawn once (per-image seeds from
-  ``generator``, independent of ``batch_size``); the authors redrew them at every budget tried.
+  entries (less where g is exactly 0). The authors save their map as a 3-channel PNG and read it
+  back, so their L1 runs over the same ``C*H*W`` entries: the budgets are in the same units.
+- Permutations shuffle the map's own entries: the pixels of a per-pixel map (every channel of a
+  pixel moves together), where the authors shuffle all ``C*H*W`` entries of their 3-channel copy
+  independently; a per-channel map (N, C, H, W) is shuffled entry by entry, as theirs.
+- Permutations: ``permutations`` per shuffled variant and image, drawn once from that image's own
+  seed (``seeds=``, one per image, so an image gets the same permutations in any batch; otherwise
+  drawn in order from ``generator``); the authors redrew them at every budget tried.
 - Bracket: ``[0, sigma_max]``, default ``sigma_max = D`` (a mean |change| of one full pixel range
-  per entry; the authors' integer bracket 0..10000 on 224x224 inputs is about 0.2 D in our units).
+  per entry; the authors' integer bracket 0..10000 on 224x224x3 inputs is 10000 / 150528, about
+  0.066 D).
   A label that never flips inside the bracket gives ``+inf`` and ``found = False``.
 - The label need not change monotonically with sigma. ``method="bisection"`` first tries ``scan``
   equally spaced budgets and bisects (``iterations`` times) the first cell whose right end flips:
@@ -52,7 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core.batching import chunk_ranges, image_seeds, resolve_batch_size
+from ..core.batching import chunk_ranges, resolve_batch_size, resolve_seeds
 from ..core.inputs import InputSpace, check_images, check_model_ready, check_targets
 from ..core.options import batch_size as check_batch_size
 from ..core.options import choice, float_tensor, integer, number
@@ -86,6 +91,17 @@ class ReliabilityResult:
     model_passes: Tensor  # (N,) model inputs evaluated per image (the gradient pass counts 1)
     method: str
 
+    def per_image(self) -> dict[str, Tensor]:
+        """The per-image fields (first axis the image), e.g. for a result store."""
+        return {"budgets": self.budgets, "found": self.found, "valid": self.valid, "passes": self.model_passes}
+
+    @classmethod
+    def from_per_image(cls, tensors: dict[str, Tensor], *, entries: int, sigma_max: float, tolerance: float,
+                       method: str) -> ReliabilityResult:
+        """The result back from :meth:`per_image` and the run's settings."""
+        return cls(*tensors["budgets"].unbind(1), found=tensors["found"], valid=tensors["valid"], entries=entries,
+                   sigma_max=sigma_max, tolerance=tolerance, model_passes=tensors["passes"], method=method)
+
     @property
     def budgets(self) -> Tensor:
         """(N, 4) in :data:`VARIANTS` order."""
@@ -110,8 +126,8 @@ class ReliabilityResult:
 def adversarial_reliability(
     model: nn.Module, x: Tensor, maps: Tensor, target: Tensor | int, *,
     sigma_max: float | None = None, method: str = "bisection", iterations: int = 14, scan: int = 10,
-    permutations: int = 10, generator: torch.Generator | None = None, batch_size: int | None = None,
-    input_space: InputSpace | None = None,
+    permutations: int = 10, generator: torch.Generator | None = None, seeds=None,
+    batch_size: int | None = None, input_space: InputSpace | None = None,
 ) -> ReliabilityResult:
     """Paper C's four minimal budgets sigma*_Rel, _RelShuf, _IrelShuf, _Irel per image.
 
@@ -119,7 +135,8 @@ def adversarial_reliability(
     (turn explanations into such maps with :func:`reliability_maps`); ``target`` the predicted
     labels. ``sigma_max`` (total L1, pixel units, default D) bounds the search; ``iterations`` and
     ``scan`` set the bisection (resolution ``sigma_max / scan / 2**iterations``; the coarse-to-fine
-    walk resolves ``sigma_max / 10000``). ``input_space`` defaults to ``model.input_space``. See the
+    walk resolves ``sigma_max / 10000``). ``seeds`` (one per image) fix each image's permutations
+    whatever else is in the batch. ``input_space`` defaults to ``model.input_space``. See the
     module docstring for the decisions taken.
     """
     choice("method", method, METHODS)
@@ -131,7 +148,7 @@ def adversarial_reliability(
     sigma_max = default_sigma_max(sigma_max, x)
     n, c = r.shape[0], r.shape[1]
     entries = r[0].numel()
-    seeds = image_seeds(generator, n)
+    seeds = resolve_seeds(seeds, generator, n)
     layout = torch.tensor([0] + [1] * permutations + [2] * permutations + [3], device=x.device)
 
     def directions(images: Tensor) -> tuple[Tensor, Tensor]:

@@ -35,9 +35,11 @@ def _resolve_layer(model: nn.Module, layer) -> nn.Module:
 @register("gradcam")
 def gradcam(
     model, x, target, *, create_graph=False, generator=None, batch_size=None, output="logit", layer=None,
+    relu=True,
 ) -> Tensor:
     """Grad-CAM (Selvaraju et al.): ReLU(sum_k mean(dS/dA_k) A_k) at ``layer``, bilinearly upsampled
-    (align_corners=False) to the input size. Returns (N, 1, H, W).
+    (align_corners=False) to the input size. Returns (N, 1, H, W). ``relu=False`` leaves out the
+    final ReLU (paper C's code does; its post-processing then takes the absolute value).
 
     ``layer``: a module of the model or its dotted name (``"features.6"``); it must run once per
     forward pass and output (N, K, h, w). Default: :func:`..core.hooks.last_spatial_layer` (call it
@@ -84,7 +86,8 @@ def gradcam(
             if not create_graph:
                 activation = activation.detach()
             weights = grad.mean(dim=(2, 3), keepdim=True)
-            cam = F.relu((weights * activation).sum(dim=1, keepdim=True))
+            cam = (weights * activation).sum(dim=1, keepdim=True)
+            cam = F.relu(cam) if relu else cam
             maps.append(F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False))
     captured.clear()
     return maps[0] if len(maps) == 1 else torch.cat(maps)
