@@ -107,6 +107,13 @@ def image_seeds(generator: torch.Generator | None, n: int) -> list[int]:
     return torch.randint(0, 2**62, (n,), generator=generator, device=device).tolist()
 
 
+def draw(sampler, shape, *, generator: torch.Generator | None, device, dtype: torch.dtype) -> Tensor:
+    """``sampler`` (``torch.rand``, ``torch.randn``) drawn in float32 and cast to ``dtype``: one
+    random stream whatever the dtype, so a float64 run uses the same draws as a float32 run and the
+    two differ only by rounding."""
+    return sampler(shape, generator=generator, device=device, dtype=torch.float32).to(dtype)
+
+
 def resolve_seeds(seeds, generator: torch.Generator | None, n: int) -> list[int]:
     """One seed per image: ``seeds`` checked (a sequence or tensor of ``n`` non-negative ints, so
     an image explained alone, or in any call, gets its own draws), else ``n`` seeds drawn in order
@@ -146,9 +153,8 @@ class ImageNoise:
         """All S noise samples of one image, (S, *shape)."""
         if image not in self._blocks:
             gen = torch.Generator(device=self.device).manual_seed(self.seeds[image])
-            self._blocks[image] = torch.randn(
-                (self.samples, *self.shape), generator=gen, device=self.device, dtype=self.dtype
-            )
+            self._blocks[image] = draw(torch.randn, (self.samples, *self.shape), generator=gen,
+                                       device=self.device, dtype=self.dtype)
         return self._blocks[image]
 
     def rows(self, start: int, stop: int) -> Tensor:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..core.batching import chunk_ranges, resolve_batch_size, resolve_seeds
+from ..core.batching import chunk_ranges, draw, resolve_batch_size, resolve_seeds
 from ..core.options import integer, number
 from ..core.references import make_baseline
 from .objective import Objective, graph_input
@@ -67,7 +67,7 @@ class _Streams:
         if self.block is None or t >= self.start + _BLOCK:
             self.start = t - t % _BLOCK
             self.block = torch.stack([
-                torch.rand((_BLOCK, self.width), generator=g, device=self.device, dtype=self.dtype)
+                draw(torch.rand, (_BLOCK, self.width), generator=g, device=self.device, dtype=self.dtype)
                 for g in self.generators
             ])
         return self.block[:, t - self.start]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..core.batching import image_seeds, reduce_rows, resolve_batch_size, resolve_seeds, rows_of
+from ..core.batching import draw, image_seeds, reduce_rows, resolve_batch_size, resolve_seeds, rows_of
 from ..core.inputs import check_targets
 from ..core.options import batch_size as check_batch_size
 from ..core.options import float_tensor, integer, number
@@ -77,13 +77,13 @@ class _ImageStreams:
 
     def initial_masks(self, scale: float) -> Tensor:
         return scale * torch.stack([
-            torch.rand(self.shape, generator=g, device=self.device, dtype=self.dtype)
+            draw(torch.rand, self.shape, generator=g, device=self.device, dtype=self.dtype)
             for g in self.generators
         ])
 
     def _noise(self, image: int) -> Tensor:
-        return torch.randn((self.samples, *self.shape), generator=self.generators[image],
-                           device=self.device, dtype=self.dtype)
+        return draw(torch.randn, (self.samples, *self.shape), generator=self.generators[image],
+                    device=self.device, dtype=self.dtype)
 
     def new_iteration(self) -> None:
         self._blocks.clear()
@@ -145,8 +145,10 @@ def relex(
     image ``i``'s generator (on ``x.device``) draws ``m0`` then one ``randn(samples, C, H, W)`` per
     iteration. So image ``i`` gets the same mask alone (``seeds=[s_i]``) as in any call, and the
     first ``k`` images of a call get the same masks as the call on ``x[:k]`` with the same generator.
-    The optimisation amplifies rounding (float32 vs float64 masks of a LeNet differ by about 0.05
-    on average), so masks are identical across chunk sizes only where the model's per-row
+    Draws are made in float32 whatever the dtype (:func:`..core.batching.draw`), so float32 and
+    float64 masks differ only by rounding, which the optimisation amplifies (mean |difference| below
+    1e-3 on a LeNet, tested; with dtype-dependent draws it was about 0.05). Masks are identical
+    across chunk sizes only where the model's per-row
     arithmetic does not depend on the batch size (CPU here, float64 everywhere); cuDNN picks
     kernels per batch size and may be nondeterministic.
 
