@@ -23,7 +23,7 @@ mask_search, mask_search_trace = explainers.mask_search, explainers.mask_search_
 def stream(seed, rows, width):
     """The uniforms one image's chain reads (see mask_search._Streams)."""
     g = gen(seed)
-    blocks = [torch.rand((_BLOCK, width), generator=g, dtype=torch.float64) for _ in range(rows // _BLOCK + 1)]
+    blocks = [torch.rand((_BLOCK, width), generator=g).double() for _ in range(rows // _BLOCK + 1)]  # float32 draws
     return torch.cat(blocks)[:rows].numpy()
 
 

@@ -24,7 +24,7 @@ def _noise_reference(x, generator_seed, samples, noise_level):
     seeds = torch.randint(0, 2**62, (x.shape[0],), generator=gen(generator_seed)).tolist()
     out = []
     for xi, seed in zip(x, seeds):
-        eps = torch.randn((samples, *x.shape[1:]), generator=gen(seed), dtype=x.dtype)
+        eps = torch.randn((samples, *x.shape[1:]), generator=gen(seed)).to(x.dtype)  # drawn in float32
         out.append(xi + noise_level * (xi.max() - xi.min()) * eps)
     return out
 
@@ -57,7 +57,7 @@ def test_noise_methods_match_captum_noise_tunnel_in_distribution(rng):
     for i in range(2):
         xi = x[i : i + 1]
         sigma = float(level * (xi.max() - xi.min()))
-        noisy = xi + sigma * torch.randn((samples, *xi.shape[1:]), generator=rng, dtype=xi.dtype)
+        noisy = xi + sigma * torch.randn((samples, *xi.shape[1:]), generator=rng).to(xi.dtype)
         g = saliency.attribute(noisy.requires_grad_(), target=target[i], abs=False)
         centred = g - g.mean(0)
         se = {

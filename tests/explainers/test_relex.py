@@ -39,8 +39,8 @@ def draws(x, seeds, samples, iterations, init_scale=0.01):
     masks, noise = [], []
     for image, seed in zip(x, seeds):
         g = torch.Generator().manual_seed(seed)
-        masks.append(init_scale * torch.rand(image.shape, generator=g, dtype=x.dtype))
-        noise.append(torch.stack([torch.randn((samples, *image.shape), generator=g, dtype=x.dtype)
+        masks.append(init_scale * torch.rand(image.shape, generator=g).to(x.dtype))  # drawn in float32
+        noise.append(torch.stack([torch.randn((samples, *image.shape), generator=g).to(x.dtype)
                                   for _ in range(iterations)]))
     return torch.stack(masks), torch.stack(noise, dim=1)  # (N, C, H, W), (T, N, S, C, H, W)
 
