@@ -288,5 +288,6 @@ ledger.table()
 
 # %%
 ledger.save()
-display(Markdown(ledger.summary()))
+display(Markdown(ledger.summary(items=False)))
+display(ledger.cards())
 rerun_box(run, {name: trained[name] for name in models})

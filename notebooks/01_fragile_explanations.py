@@ -480,5 +480,6 @@ else:
 
 # %%
 ledger.save()
-display(Markdown(ledger.summary()))
+display(Markdown(ledger.summary(items=False)))
+display(ledger.cards())
 rerun_box(run, {"lenet_natural": natural, "lenet_fgsm": robust})

@@ -72,7 +72,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 import torch
-from IPython.display import Markdown
+from IPython.display import Markdown, display
 
 from reliable_saliency import data, maps
 from reliable_saliency.attacks import ghorbani_attack, masked_retrieval_attack, pgd, random_sign_noise
@@ -985,4 +985,5 @@ speed.style.format(precision=3)
 
 # %%
 ledger.save()
-Markdown(ledger.summary() + f"\n\n{run.line()}")
+display(Markdown(ledger.summary(items=False) + f"\n\n{run.line()}"))
+display(ledger.cards())

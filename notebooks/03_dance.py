@@ -896,5 +896,6 @@ display(pd.DataFrame({"seconds": section_seconds}).style.format(precision=1))
 
 # %%
 ledger.save()
-display(Markdown(ledger.summary()))
+display(Markdown(ledger.summary(items=False)))
+display(ledger.cards())
 rerun_box(run, {"lenet_natural": natural, "lenet_sp3_ce": sp3})

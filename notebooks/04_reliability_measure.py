@@ -844,5 +844,6 @@ else:
 
 # %%
 ledger.save()
-display(Markdown(ledger.summary()))
+display(Markdown(ledger.summary(items=False)))
+display(ledger.cards())
 rerun_box(run, {"lenet_natural": natural, "lenet_fgsm": robust})

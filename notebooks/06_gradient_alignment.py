@@ -899,7 +899,8 @@ ledger.table()
 
 # %%
 ledger.save()
-display(Markdown(ledger.summary()))
+display(Markdown(ledger.summary(items=False)))
+display(ledger.cards())
 display(Markdown("**Where the time went:** " + ", ".join(f"{k} {v:.0f} s" for k, v in clock.items())
                  + f"; wall time so far {run.wall_seconds:.0f} s."))
 rerun_box(run, MODELS)

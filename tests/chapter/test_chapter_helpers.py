@@ -78,18 +78,26 @@ def test_verdicts_page_from_claims_files(tmp_path):
     from reliable_saliency.claims import Ledger
     from reliable_saliency.core import experiment
 
-    assert "No chapter" in verdicts_page.render_page(tmp_path / "missing")
+    claims_dir = tmp_path / "claims"
+    assert "No chapter" in verdicts_page.render_page(claims_dir)
     for chapter in ("00_data_and_models", "02_relex"):
         run = experiment.start_run(chapter, experiment.resolve_profile("book"), "cpu", "synthetic shapes", 0)
         ledger = Ledger(run, bootstrap_rounds=1000)
         ledger.record("A1", paper="A", claim="x <b> y", verdict="holds", measured="m", reason="r")
-        ledger.save(tmp_path)
-    page = verdicts_page.render_page(tmp_path)
-    assert "**The five papers** (1 chapters): 1 claims: 1 holds." in page
-    assert "**The book's own checks** (its models, the background papers): 1 claims: 1 holds." in page
+        ledger.test("A2", paper="A", claim="z", measured="m", parts={"p": [0.5, 0.6, 0.4] * 12})
+        if chapter == "02_relex":
+            ledger.bottom_line("RelEx retrieves the clean class, by construction.")
+        ledger.save(claims_dir)
+    page = verdicts_page.render_page(claims_dir)
+    assert "## The five papers" in page and "## The book's own checks" in page
+    assert "RelEx retrieves the clean class, by construction." in page  # the chapter's bottom line
+    assert "Not executed at any profile yet" in page  # chapters 3 to 6 have no claims here
     assert "x &lt;b&gt; y" in page  # claim text is escaped
-    assert '<table class="claims-chapters">' in page and "<td style=\"text-align:left\">02_relex</td>" in page
-    assert "A. RelEx (CVPR 2021)" in page and "re-judged" not in page
+    assert 'id="claim-a2"' in page and "<svg" in page  # a card per claim, with its forest plot
+    assert 'href="chapters/02_relex.html"' in page and "02_relex.html#claim-a1" not in page  # no twin card yet
+    (tmp_path / "chapters").mkdir()
+    (tmp_path / "chapters" / "02_relex.ipynb").write_text('{"x": "<div class=\\"claim-card\\" id=\\"claim-a1\\">"}')
+    assert 'href="chapters/02_relex.html#claim-a1"' in verdicts_page.render_page(claims_dir)
 
 
 def test_run_helpers():

@@ -3,75 +3,110 @@
 Listed in ``_config.yml`` (``sphinx: extra_extensions``). At each build it reads
 ``<book>/claims/*.json`` (written by the executed chapters) and writes ``<book>/verdicts.md``
 before Sphinx reads any page, so the page is never edited by hand and always matches the claims
-the chapters produced.
+the chapters produced. It opens with one card per paper (the chapter's bottom line and its
+verdict counts), then the book's own checks apart, then every claim as a card with its forest
+plot, under a stable anchor (``#claim-a2-1``).
 """
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
-from ..claims import VERDICTS, claims_html, load_claims
+from ..claims import VERDICTS, load_bottom_lines, load_claims
+from ..claims.cards import CARD_CSS, anchor, card_html
+from ..claims.render import VERDICT_COLOURS
 
-__all__ = ["render_page", "setup"]
+__all__ = ["render_page", "setup", "PAPER_CHAPTERS"]
 
 PAGE = """# Verdicts at a glance
 
-Every claim the executed chapters tested, with the numbers behind its verdict. One rule everywhere:
-each part of a claim (a model, an explainer, ...) is the mean effect per image with a 95% bootstrap
-interval over images, tested against the threshold the claim states, or against the statistic's
-chance level when it has one. A part with fewer than 30 images, or whose values are all equal (a
-ceiling), is shown but never decides. The claim's quantifier combines its parts: *for every part*
-(the default) holds when every deciding part holds and does not hold when one is significantly
-against (Holm-adjusted); *for at least one* is its mirror; a claim with a main part is decided by
-it alone. Every verdict carries its counts ("does not hold (9 of 12 against, 3 inconclusive)"),
-and the caveats say where an advantage is there by construction. The profile says at which scale
-a claim was measured (`smoke` verdicts only show that a chapter runs).
+What each paper claimed and whether it held here, then every claim with the numbers behind it.
+One rule everywhere: each part of a claim (a model, an explainer, ...) is the mean effect per image
+with a 95% bootstrap interval over images, tested against the threshold the claim states, or
+against the statistic's chance level when it has one. A part with fewer than 30 images, or whose
+values are all equal (a ceiling), is shown greyed and never decides. The claim's quantifier
+combines its parts: *for every part* (the default) holds when every deciding part holds and does
+not hold when one is significantly against (Holm-adjusted); *for at least one* is its mirror; a
+claim with a main part is decided by it alone. Every verdict carries its counts, and the caveats
+say where an advantage is there by construction. `smoke` verdicts only show that a chapter runs.
 
 This page is generated from `book/claims/*.json` at every build; do not edit it.
 
 {rejudged}
 
-{counts}
+## The five papers
 
 ```{{raw}} html
-{chapters}
+{papers}
+```
+
+## The book's own checks
+
+```{{raw}} html
+{own}
 ```
 
 ## Every claim
 
-```{{raw}} html
-{table}
-```
+{claims}
 """
 
-# The chapters that reproduce the five papers; the others are the book's own checks (its models,
-# the background papers of chapter 1).
+# The chapters that reproduce the five papers, with their titles; the others are the book's own
+# checks (its models, the background papers of chapter 1).
 PAPER_CHAPTERS = {
-    "02_relex": "A. RelEx (CVPR 2021)",
-    "03_dance": "B. DANCE (ICML 2021)",
-    "04_reliability_measure": "C. The adversarial reliability measure (IJCNN 2020)",
-    "05_mask_search": "D. Black-box mask search (ICPR 2020)",
-    "06_gradient_alignment": "E. Gradient alignment, l2 + cosd (AAAI 2023)",
+    "02_relex": "A. RelEx: saliency masks learned on noisy copies (Lim, Lee and Kim, CVPR 2021)",
+    "03_dance": "B. DANCE: decoys that keep an intermediate representation (Lu et al., ICML 2021)",
+    "04_reliability_measure": "C. An adversarial measure of explanation reliability (Valle et al., IJCNN 2020)",
+    "05_mask_search": "D. A black-box mask search and GAN inpainting (Thakur and Fischmeister, ICPR 2020)",
+    "06_gradient_alignment": "E. Gradient alignment with l2 + cosd for robust attributions (Joo et al., AAAI 2023)",
+}
+OWN_CHAPTERS = {
+    "00_data_and_models": "The book's data and models",
+    "01_fragile_explanations": "Fragile explanations: the background papers (Ghorbani et al.; Dombrowski et al.)",
 }
 
 
-def _count(claims: list[dict]) -> str:
-    said = ", ".join(f"{sum(c['verdict'] == v for c in claims)} {v}" for v in VERDICTS
-                     if any(c["verdict"] == v for c in claims))
-    return f"{len(claims)} claims: {said}"
+def _chapter_link(chapter: str) -> str:
+    return f"chapters/{chapter}.html"
+
+
+def _counts(claims: list[dict]) -> str:
+    return ", ".join(f'<span style="color:{VERDICT_COLOURS[v]};font-weight:bold">{n} {v}</span>'
+                     for v in VERDICTS if (n := sum(c["verdict"] == v for c in claims)))
+
+
+def _computed_bottom_line(claims: list[dict]) -> str:
+    said = []
+    for verdict in VERDICTS:
+        ids = [c["id"] for c in claims if c["verdict"] == verdict]
+        if ids:
+            # verdicts.html from both pages that show the paper cards (the intro includes them)
+            said.append(f"{verdict}: " + ", ".join(f'<a href="verdicts.html#{anchor(i)}">{html.escape(i)}</a>'
+                                                    for i in ids))
+    return "; ".join(said) + "."
+
+
+def _chapter_cards(titles: dict[str, str], claims: list[dict], bottom: dict[str, str]) -> str:
+    cards = []
+    for chapter, title in titles.items():
+        own = [c for c in claims if c["chapter"] == chapter]
+        if not own:
+            cards.append(f'<div class="claim-card" style="--verdict:#888"><h4>{html.escape(title)}</h4>'
+                         f"<p>Not executed at any profile yet.</p></div>")
+            continue
+        line = html.escape(bottom.get(chapter, "")) or _computed_bottom_line(own)
+        profiles = ", ".join(sorted({c["profile"] for c in own}))
+        cards.append(f'<div class="claim-card" style="--verdict:#2c5d8f"><h4><a href="{_chapter_link(chapter)}">'
+                     f"{html.escape(title)}</a></h4><p>{len(own)} claims ({profiles} profile): {_counts(own)}.</p>"
+                     f"<p>{line}</p></div>")
+    return f"<style>{CARD_CSS}</style>" + "".join(cards)
 
 
 def render_page(claims_dir: Path) -> str:
     """The page's Markdown for the claims files in ``claims_dir`` (none yet: says so)."""
     claims = load_claims(claims_dir) if claims_dir.is_dir() else []
-    if not claims:
-        return PAGE.format(rejudged="", counts="No chapter has written its claims yet.", chapters="", table="")
-    chapters = sorted({c["chapter"] for c in claims})
-    papers = [c for c in claims if c["chapter"] in PAPER_CHAPTERS]
-    own = [c for c in claims if c["chapter"] not in PAPER_CHAPTERS]
-    counts = [f"**The five papers** ({len({c['chapter'] for c in papers})} chapters): {_count(papers)}."] if papers else []
-    if own:
-        counts.append(f"**The book's own checks** (its models, the background papers): {_count(own)}.")
+    bottom = load_bottom_lines(claims_dir) if claims_dir.is_dir() else {}
     rejudged = sorted({c["chapter"] for c in claims if c.get("rejudged")})
     note = ""
     if rejudged:
@@ -79,22 +114,19 @@ def render_page(claims_dir: Path) -> str:
                 "from the intervals their chapters stored (a normal approximation, every claim read as 'for "
                 "every part'), with the caveats of the first referee reading; those chapter pages still show "
                 "the old rule's verdicts until they are executed again.\n```")
-    return PAGE.format(rejudged=note, counts="\n\n".join(counts), chapters=_chapters_html(claims, chapters),
-                       table=claims_html(claims))
-
-
-def _chapters_html(claims: list[dict], chapters: list[str]) -> str:
-    """One row per chapter: its paper, profile(s) and how many claims got each verdict."""
-    head = "".join(f'<th style="text-align:left">{h}</th>' for h in ("chapter", "paper", "profile", "claims",
-                                                                     *VERDICTS))
-    rows = []
-    for chapter in chapters:
+    sections = []
+    for chapter in sorted({c["chapter"] for c in claims}):
         own = [c for c in claims if c["chapter"] == chapter]
-        cells = [chapter, PAPER_CHAPTERS.get(chapter, "the book's own checks"),
-                 ", ".join(sorted({c["profile"] for c in own})), str(len(own)),
-                 *(str(sum(c["verdict"] == v for c in own)) for v in VERDICTS)]
-        rows.append("<tr>" + "".join(f'<td style="text-align:left">{x}</td>' for x in cells) + "</tr>")
-    return f'<table class="claims-chapters"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+        title = PAPER_CHAPTERS.get(chapter) or OWN_CHAPTERS.get(chapter) or chapter
+        # a chapter executed since the cards exist prints the same cards: link each to its twin
+        executed = claims_dir.parent / "chapters" / f"{chapter}.ipynb"
+        twins = executed.exists() and 'class=\\"claim-card\\"' in executed.read_text()
+        link = _chapter_link(chapter)
+        cards = "".join(card_html(c, f"{link}#{anchor(c['id'])}" if twins else link) for c in own)
+        sections.append(f"### {title}\n\n```{{raw}} html\n{cards}\n```\n")
+    return PAGE.format(rejudged=note, papers=_chapter_cards(PAPER_CHAPTERS, claims, bottom),
+                       own=_chapter_cards(OWN_CHAPTERS, claims, bottom),
+                       claims="\n".join(sections) or "No chapter has written its claims yet.")
 
 
 def _write(app, config) -> None:

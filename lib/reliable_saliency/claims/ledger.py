@@ -20,7 +20,8 @@ from .rule import ALPHA, COMBINES, MIN_N, NO_POWER, UNDERPOWERED, VERDICTS, Part
     verdict_text
 from .statistics import Statistic, effect_of, one_sided_p
 
-__all__ = ["Claim", "Ledger", "load_claims", "CLAIMS_DIR_ENV", "SCHEMA", "REQUIRED_KEYS", "PART_KEYS"]
+__all__ = ["Claim", "Ledger", "load_claims", "load_bottom_lines", "CLAIMS_DIR_ENV", "SCHEMA", "REQUIRED_KEYS",
+           "PART_KEYS"]
 
 CLAIMS_DIR_ENV = "RELIABLE_SALIENCY_CLAIMS_DIR"
 SCHEMA = 2
@@ -85,6 +86,7 @@ class Ledger:
         self.run = run
         self.rounds = bootstrap_rounds
         self.claims: list[Claim] = []
+        self.conclusion = ""
 
     def _add(self, claim: Claim) -> Claim:
         _text(claim.id, "claim id")
@@ -198,6 +200,29 @@ class Ledger:
                                verdict_text=f"{text} (not a statistical test)", qualifier=qualifier,
                                caveats=list(caveats)))
 
+    def bottom_line(self, text: str) -> str:
+        """The chapter's conclusion in plain words (what held, what did not, what the book added),
+        kept in the ledger file and shown on the verdicts page; returns it as Markdown."""
+        self.conclusion = _text(text, "the bottom line")
+        return text
+
+    def cards(self, links: dict[str, str] | None = None):
+        """Every claim as a card (verdict with counts, forest plot, caveats) for the findings section."""
+        from IPython.display import HTML
+
+        from .cards import cards_html
+
+        return HTML(cards_html([asdict(c) for c in self.claims], links))
+
+    def line(self, id: str) -> str:
+        """One claim's verdict in a line, for the section that holds its evidence (Markdown)."""
+        from .cards import anchor
+
+        claim = next((c for c in self.claims if c.id == id), None)
+        if claim is None:
+            raise KeyError(f"no claim {id!r} in this chapter's ledger yet")
+        return f"**{id}: {claim.verdict_text}** ([the card](#{anchor(id)}))"
+
     def table(self):
         """The claims as a wrapped HTML table for the notebook."""
         from IPython.display import HTML
@@ -206,12 +231,15 @@ class Ledger:
 
         return HTML(claims_html([asdict(c) for c in self.claims], show_chapter=False))
 
-    def summary(self) -> str:
-        """One Markdown paragraph computed from the verdicts, with each claim's counts and caveats."""
+    def summary(self, items: bool = True) -> str:
+        """One Markdown paragraph computed from the verdicts, with each claim's counts and caveats
+        (``items=False``: the counts line alone, for a findings section that shows the cards)."""
         counts = {v: sum(c.verdict == v for c in self.claims) for v in VERDICTS}
         said = ", ".join(f"{n} {v}" for v, n in counts.items() if n)
         lines = [f"Of {len(self.claims)} claims tested at the `{self.run.profile.name}` profile: {said}."]
-        for c in self.claims:
+        if self.conclusion:
+            lines.append(f"\n{self.conclusion}")
+        for c in self.claims if items else []:
             caveats = "".join(f" *Caveat:* {x}" for x in c.caveats)
             lines.append(f"- **{c.id}, {c.verdict_text}**: {c.claim}.{caveats}")
         if self.run.profile.name == "smoke":
@@ -226,7 +254,7 @@ class Ledger:
             return None
         path = Path(directory) / f"{self.run.chapter}.json"
         document = {"schema": SCHEMA, "chapter": self.run.chapter, "provenance": self.run.as_dict(),
-                    "claims": [asdict(c) for c in self.claims]}
+                    "bottom_line": self.conclusion, "claims": [asdict(c) for c in self.claims]}
         atomic_write(path, lambda tmp: tmp.write_text(json.dumps(document, indent=1) + "\n"))
         return path
 
@@ -250,3 +278,12 @@ def load_claims(directory: str | Path) -> list[dict]:
             claims.append({**c, "chapter": document.get("chapter", path.stem),
                            "rejudged": document.get("rejudged", "")})
     return claims
+
+
+def load_bottom_lines(directory: str | Path) -> dict[str, str]:
+    """Each chapter's bottom line (``""`` where it wrote none), by chapter."""
+    out = {}
+    for path in sorted(Path(directory).glob("*.json")):
+        document = json.loads(path.read_text())
+        out[document.get("chapter", path.stem)] = document.get("bottom_line", "")
+    return out
