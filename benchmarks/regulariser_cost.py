@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -158,8 +159,9 @@ def main(argv=None) -> dict:
         memory = (f"{row['peak_bytes'] / 2**20:.0f} | {row['memory_ratio']:.2f}" if "peak_bytes" in row
                   else "- | -")
         print(f"| {name} | {row['seconds_per_step']:.3f} | {row['time_ratio']:.2f} | {memory} |")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {os.cpu_count()} cores"
     result = {
-        "device": str(device), "batch_size": args.batch_size, "steps": args.steps,
+        "device": str(device), "device_name": name, "batch_size": args.batch_size, "steps": args.steps,
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
         "memory_method": "cuda max_memory_allocated" if device.type == "cuda" else "peak RSS growth (approximate)",
         "rows": rows,

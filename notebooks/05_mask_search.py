@@ -62,6 +62,7 @@ loop_images: int | None = None  # images explained one chain per call in the spe
 
 # %%
 import os
+import re
 import time
 from functools import partial
 from types import SimpleNamespace
@@ -104,7 +105,7 @@ SIZES = {
                   sg_samples=4, ig_steps=4, auc_steps=8, shapes_images=6, shapes_train=(1000, 3), recon_images=3,
                   recon_shares=[0.5, 0.9], recon_samples=4, recon_iterations=10, check_images=2,
                   check_iterations=20, loop_images=2),
-    "book": dict(main_images=200, passes=1000, checkpoints=[100, 250, 500, 1000, 2000, 5000], trace_images=20,
+    "book": dict(main_images=200, passes=1000, checkpoints=[100, 250, 500, 1000, 2000, 5000], trace_images=32,
                  momentum_images=20, sg_samples=50, ig_steps=50, auc_steps=16, shapes_images=200,
                  shapes_train=(3000, 6), recon_images=30, recon_shares=[0.5, 0.7, 0.9], recon_samples=6,
                  recon_iterations=200, check_images=4, check_iterations=1000, loop_images=8),
@@ -232,9 +233,17 @@ def rise_maps(model, xs, ys, chunks, chunk_seeds):
     return torch.stack(out)
 
 
-def searches(model, long: int):
+def stored_trace(step, trace, lo, hi):
+    """(K, n, H, W) maps of images lo..hi-1 through the result store (a killed run resumes; torchrun workers
+    share the shards); `trace(a, b)` computes images a..b-1."""
+    out = ch.store.compute(re.sub(r"[^A-Za-z0-9_.-]+", "_", step), lambda a, b: trace(lo + a, lo + b).transpose(0, 1),
+                           hi - lo, shard_size=10, progress=False)
+    return out.transpose(0, 1).to(run_device)
+
+
+def searches(model_name, model, long: int):
     """{t: maps of all main images} for t <= passes and {t: maps of the first `long` images} for every
-    checkpoint, for the mask search and RISE; timings of each method."""
+    checkpoint, for the mask search and RISE; timings of each method (none for shards read back)."""
     short_points = [t for t in S.checkpoints if t <= S.passes]
     out = {}
     for name in (MS, "RISE"):
@@ -242,10 +251,13 @@ def searches(model, long: int):
             parts = []
             for lo, hi, points in ((0, long, S.checkpoints), (long, N, short_points)):
                 if hi > lo:
+                    step = f"{name}-{model_name}-{lo}-{hi}-{points[-1]}"
                     if name == MS:
-                        parts.append(ms_maps(model, x[lo:hi], y[lo:hi], search_seeds[lo:hi], points))
+                        parts.append(stored_trace(step, lambda a, b, p=points: ms_maps(
+                            model, x[a:b], y[a:b], search_seeds[a:b], p), lo, hi))
                     else:
-                        parts.append(rise_maps(model, x[lo:hi], y[lo:hi], sizes[:len(points)], rise_seeds))
+                        parts.append(stored_trace(step, lambda a, b, p=points: rise_maps(
+                            model, x[a:b], y[a:b], sizes[:len(p)], rise_seeds), lo, hi))
         at = {t: torch.cat([p[k] for p in parts]) for k, t in enumerate(short_points)}
         trace = {t: parts[0][k] for k, t in enumerate(S.checkpoints)} if long else {}
         out[name] = SimpleNamespace(at=at, trace=trace, clock=clock)
@@ -272,7 +284,7 @@ interval = partial(interval_text, digits=3, seed=seed)  # "mean (95% interval)" 
 results, timing_rows = {}, []
 for model_name, model in MODELS.items():
     started = time.perf_counter()
-    found = searches(model, T if model is natural else 0)
+    found = searches(model_name, model, T if model is natural else 0)
     base, clocks = baseline_maps(model)
     maps = {MS: found[MS].at[S.passes], MS_AUTHORS: normalise_search_map(found[MS].at[S.passes]),
             "RISE": found["RISE"].at[S.passes], **base}
@@ -556,6 +568,15 @@ ledger.table()
 # right. The paper's figure for one image: 88.9, 81.7, 66.2, 68.0 and 64.7% at 50, 60, 70, 80 and
 # 90% of its salient box regenerated.
 #
+# **Realism.** No measure of the variations' realism is made: the discriminator's score is part of
+# the search's own objective (so it is high by construction), and a distribution distance such as
+# FID means nothing on a few variations of 32 x 32 images. The figure below shows them; judge by eye.
+#
+# **Where the library differs from the authors' code.** Their 224-pixel notebook feeds
+# ResNet-preprocessed pixels to a GAN trained on [-1, 1]; the library uses [-1, 1], as their
+# 64-pixel notebook does. Their script uses other settings again (perceptual weight 0.1, 10,000
+# iterations, no context weights); the chapter follows the notebooks.
+#
 # The search is shorter than the authors' (`recon_iterations` steps, `recon_samples` codes): on a
 # CPU their 1,000 steps x 64 codes cost most of a minute per image and region (measured below). The first
 # `check_images` images are also inpainted with `check_iterations` steps to show what the reduction changes.
@@ -643,11 +664,21 @@ recon_setting = (f"lenet_natural, first {R} main images, book DCGAN; {S.recon_sa
                  f"{S.recon_iterations} Nesterov steps per image and region; salient region = the mask search map's "
                  f"top half ({S.passes} passes); bootstrap over images")
 ledger.test("D5.7", nan="omit", paper=PAPER,
-           claim="[claim 3] Regenerating the salient region gives variations for which the outcome is unchanged "
-                 "(most variations keep the class; the paper: 89% on one image).",
-           measured="share of an image's variations classified as its class, per image, against 0.5",
-           setting=recon_setting, threshold=0.5,
-           parts={f"{share:.0%} of the salient region": retention["salient", share] for share in S.recon_shares})
+            claim="[claim 3] Regenerating the salient region gives variations for which the outcome is unchanged "
+                  "(most variations keep the class).",
+            measured="share of an image's variations classified as its class, per image, against 0.5",
+            setting=recon_setting, threshold=0.5,
+            parts={f"{share:.0%} of the salient region": retention["salient", share] for share in S.recon_shares})
+if 0.5 in S.recon_shares:
+    ledger.test("D5.9", nan="omit", paper=PAPER,
+                claim="[claim 3, the paper's number] With half of the salient region regenerated, 89% of the "
+                      "variations keep the class (the paper's figure, on one image).",
+                measured="share of an image's variations classified as its class, per image, against the paper's 0.889",
+                setting=recon_setting, threshold=PAPER_RETENTION[0.5],
+                parts={"50% of the salient region": retention["salient", 0.5]},
+                caveats=["The paper's figure is one ImageNet image with a GAN of its own; here CIFAR-10 images, the "
+                         "book's DCGAN and a shorter latent search (the check above shows what the reduction "
+                         "changes)."])
 ledger.test("D5.8", nan="omit", paper=PAPER + "; controls: this book",
            claim="[claim 3, control added by this book] The salient region matters: regenerating it changes the "
                  "class more often than regenerating a random or the least salient region of the same area.",
@@ -685,7 +716,7 @@ speed = pd.DataFrame([
     {"run": f"mask search, one chain per call ({n_loop} calls)", "images": n_loop, "seconds": loop_clock.seconds,
      "model inputs": loop_clock.passes},
     *[{"run": f"{row['method']}, main table ({row['model']})", "images": row["images"], "seconds": row["seconds"],
-       "model inputs": row["model inputs"]} for row in timing_rows],
+       "model inputs": row["model inputs"]} for row in timing_rows if row["model inputs"] > 0],  # 0: read back
 ]).set_index("run")
 speed["inputs / image"] = speed["model inputs"] / speed["images"]
 speed["ms / image"] = 1e3 * speed["seconds"] / speed["images"]

@@ -116,3 +116,26 @@ def test_a_statistic_is_a_ledger_part():
                         parts={"gap": claims.correlation_gap(a, a + 0.2 * rng.normal(size=300), rng.normal(size=300))})
     assert claim.verdict == "holds" and claim.evidence["parts"][0]["statistic"].startswith("Spearman")
     assert "values" not in claim.evidence["parts"][0]
+
+
+def test_correlation_gap_pools_groups_after_resampling_images():
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(5, 40))
+    b1, b2 = a + 0.5 * rng.normal(size=(5, 40)), rng.normal(size=(5, 40))
+    gap = claims.correlation_gap(a, b1, b2)
+    expected = spearmanr(a.ravel(), b1.ravel()).statistic - spearmanr(a.ravel(), b2.ravel()).statistic
+    assert gap.n == 40 and gap.mean == pytest.approx(expected)
+    assert gap.bootstrap(300, seed=0).shape == (300,)
+
+
+def test_a_failed_precondition_voids_the_verdict():
+    from reliable_saliency.core import experiment
+
+    run = experiment.start_run("99_test", experiment.resolve_profile("smoke"), "cpu", "synthetic shapes", 0)
+    claim = claims.Ledger(run, bootstrap_rounds=1000).test(
+        "P1", paper="P", claim="c", measured="m", parts={"a": sample(0.5, n=60)},
+        precondition_failed="regulariser did not act (penalty 0.7% of the loss)")
+    assert claim.verdict == "inconclusive" and claim.qualifier.startswith("regulariser did not act")
+    assert "as measured: holds" in claim.verdict_text

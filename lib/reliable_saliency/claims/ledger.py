@@ -103,7 +103,7 @@ class Ledger:
              null: float | None = None, null_reason: str = "", min_effect: float | None = None,
              min_effect_reason: str = "", min_n: int = MIN_N, min_n_reason: str = "", caveats=(),
              setting: str = "", paired: bool = True, nan: str = "raise", below_strength: str = "",
-             weakness_favours: str | None = None) -> Claim:
+             weakness_favours: str | None = None, precondition_failed: str = "") -> Claim:
         """Test a claim on per-image values (module :mod:`.rule` for the rule). ``parts`` maps a label
         to the per-image values, to ``(values, baseline)`` for an effect against a baseline
         (paired per image by default), or to a :class:`~.statistics.Statistic` of the image set
@@ -114,7 +114,9 @@ class Ledger:
         ``below_strength`` says why an attack behind the values is not at full strength; the verdict
         such an attack could produce by failing (``weakness_favours``: "holds" when the claim is that
         the method resists, "does not hold" when the claim is that the attack succeeds) then reads
-        ``inconclusive``, with the reason and the numbers kept."""
+        ``inconclusive``, with the reason and the numbers kept. ``precondition_failed`` says why the
+        comparison itself is void (a regulariser that did not change what it targets leaves two
+        names for one model): any verdict then reads ``inconclusive`` with that reason."""
         _text(id, "claim id")
         if direction not in ("above", "below"):
             raise ValueError(f"direction must be 'above' or 'below', got {direction!r}")
@@ -157,6 +159,8 @@ class Ledger:
         verdict, qualifier = judge(results, combine, main)
         if below_strength and verdict == weakness_favours:  # a weak attack's failure is no evidence
             verdict, qualifier = "inconclusive", f"attack below full strength ({below_strength}); as measured: {verdict}"
+        if precondition_failed:
+            verdict, qualifier = "inconclusive", f"{precondition_failed}; as measured: {verdict}"
         sign_verdict = judge(sign_results, combine, main)[0] if min_effect is not None else None
         evidence_parts = []
         for result, sign, (effect, means) in zip(results, sign_results, rows):

@@ -231,9 +231,14 @@ def rank_agreement(score, other) -> Statistic:
 
 
 def correlation_gap(a, b1, b2) -> Statistic:
-    """Spearman(a, b1) minus Spearman(a, b2) across images (1-D arrays), bootstrapped over images."""
-    return Statistic(lambda x, y, z: _spearman_rows(x, y) - _spearman_rows(x, z), a, b1, b2,
-                     name="Spearman(a, b1) - Spearman(a, b2) across images")
+    """Spearman(a, b1) minus Spearman(a, b2), bootstrapped over images: 1-D arrays (one value per
+    image), or (groups, images) arrays (e.g. one row per model) whose groups are pooled after the
+    images are resampled, so the interval reflects the images, not the pooled points."""
+    def pooled(v):  # (*groups, rounds, n) -> (rounds, groups * n)
+        return np.moveaxis(v, -2, 0).reshape(v.shape[-2], -1)
+
+    return Statistic(lambda x, y, z: _spearman_rows(pooled(x), pooled(y)) - _spearman_rows(pooled(x), pooled(z)),
+                     a, b1, b2, name="Spearman(a, b1) - Spearman(a, b2), images resampled")
 
 
 def finite_median(values) -> float:

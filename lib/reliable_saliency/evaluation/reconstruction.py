@@ -120,10 +120,13 @@ def inpaint(
     As in the authors' code: z starts uniform in [-1, 1]; each z minimises
     ``sum W * |G(z) - y| + perceptual_weight * BCE(D(G(z)), 1)`` (``W`` :func:`context_weights`, y
     and G(z) in the GAN's space ``2 * pixel - 1``) by Nesterov momentum
-    (``v' = m v - lr g; z += -m v + (1 + m) v'``), then z is clipped to [-1, 1]. Departures: the
-    perceptual term is per z (their batch mean gives each of their 64 z a 1/64 share of it), both
+    (``v' = m v - lr g; z += -m v + (1 + m) v'``), then z is clipped to [-1, 1]. Each z gets the
+    perceptual term at its full weight, as the gradient of their code gives it. Departures: both
     nets run in eval mode (theirs used batch statistics of the 64 z), and the result is taken at
-    the final z (theirs at the z before the last step).
+    the final z (theirs at the z before the last step). Images are mapped to the GAN's [-1, 1] as
+    in their 64-pixel notebook (their 224-pixel notebook feeds ResNet-preprocessed pixels to a
+    [-1, 1] GAN); their script's settings differ again (perceptual weight 0.1, 10,000 iterations, no
+    context weights).
 
     Each image's initial z come from its own seed (drawn in order from ``generator``); the rows
     (image, z) share the batch axis in chunks of at most ``batch_size``, each chunk optimised for
