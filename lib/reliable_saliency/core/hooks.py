@@ -34,20 +34,36 @@ def last_spatial_layer(model: nn.Module, x: Tensor) -> tuple[str, int | None]:
     plain CNN that is the last spatial leaf (the last ReLU); on a torchvision ResNet, whose ReLU
     module runs twice per block and works in place, the last block (``layer4.1``). When only a
     module that runs several times produced it (EfficientNet-Lite's shared swish), ``call`` says
-    which of its calls (1-based) Grad-CAM reads."""
+    which of its calls (1-based) Grad-CAM reads.
+
+    Refused (ValueError): a model that turns its last spatial output into a token sequence
+    (N, T, D), T > 1 (a vision transformer: the last spatial layer is the patch embedding, the
+    first layer, and a "Grad-CAM" there says nothing about the transformer); pass ``layer=`` with a
+    reshape of the token maps, or use a gradient-based method."""
     names = {module: name for name, module in model.named_modules() if name}
     runs: dict[nn.Module, int] = {}
     order: list[tuple[nn.Module, Tensor, int, int]] = []  # module, output, its version, call
+    tokens_after: list[str] = []  # modules with a token-sequence output after the last spatial one
 
     def record(module, args, out):
         runs[module] = runs.get(module, 0) + 1
         if isinstance(out, Tensor) and out.dim() == 4 and out.shape[2] * out.shape[3] > 1:
             order.append((module, out, out._version, runs[module]))
+            tokens_after.clear()
+        elif isinstance(out, Tensor) and out.dim() == 3 and out.shape[1] > 1 and order:
+            tokens_after.append(names[module])
 
     with forward_hooks(list(names), record), torch.no_grad():
         model(x[:1].detach())
     if not order:
         raise ValueError("found no layer with a spatial (N, C, h, w) output; pass layer=")
+    if tokens_after:
+        raise ValueError(
+            f"the last spatial layer ({names[order[-1][0]]}) is followed by token-sequence layers "
+            f"({', '.join(tokens_after[:3])}{', ...' if len(tokens_after) > 3 else ''}): this looks like a vision "
+            f"transformer, whose only spatial layer is the patch embedding. A default Grad-CAM or decoy layer there "
+            f"would say nothing about the transformer; pass layer= (with a reshape of the token maps) or use a "
+            f"gradient-based explainer")
     last = order[-1][1]
     # in-place operations keep the tensor but change it: only outputs recorded in the final state count
     final = [(module, call) for module, out, version, call in order if out is last and version == last._version]

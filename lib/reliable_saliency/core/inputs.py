@@ -184,14 +184,30 @@ def check_targets(target: Tensor | int, n: int, num_classes: int | None, device,
     return target.to(device=device, dtype=torch.long)
 
 
+STOCHASTIC_NAMES = ("Dropout", "DropPath", "StochasticDepth", "DropBlock")  # timm, torchvision and others
+
+
+def _stochastic_kind(module: nn.Module) -> str | None:
+    """What makes ``module`` random or stateful in training mode, or None."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return "BatchNorm"
+    if isinstance(module, nn.modules.dropout._DropoutNd):
+        return "Dropout"
+    if isinstance(module, nn.MultiheadAttention) and module.dropout > 0:
+        return "attention dropout"
+    name = type(module).__name__
+    return next((kind for kind in STOCHASTIC_NAMES if kind in name), None)
+
+
 def check_model_ready(model: nn.Module) -> None:
-    """Raise if a normalisation or dropout layer is in training mode (explanations would be random
-    or would update running statistics). The library never switches the caller's model itself."""
+    """Raise if a module that is random or stateful in training mode is in training mode: batch norm
+    (it would update its running statistics), dropout of any kind, attention dropout, stochastic
+    depth / drop path (torchvision's ``StochasticDepth``, timm's ``DropPath``). Explanations of such
+    a model would differ between two identical calls. The library never switches the caller's
+    model itself."""
     for name, module in model.named_modules():
-        is_norm = isinstance(module, nn.modules.batchnorm._BatchNorm)
-        is_dropout = isinstance(module, nn.modules.dropout._DropoutNd)
-        if (is_norm or is_dropout) and module.training:
-            kind = "BatchNorm" if is_norm else "Dropout"
+        kind = _stochastic_kind(module)
+        if kind is not None and module.training:
             raise ValueError(
                 f"model has a {kind} layer in training mode ({name or type(module).__name__}); "
                 f"call model.eval() before explaining or attacking it"

@@ -3,13 +3,17 @@ LRP-epsilon."""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core.batching import chunk_ranges, resolve_batch_size
+from ..core.functional import functional_rule, operations
 from ..core.hooks import forward_hooks, last_spatial_layer
 from ..core.options import number
+from ..models.smoothing import SmoothReLU6
 from .objective import Objective, batched_gradient, graph_input
 from .registry import register
 
@@ -115,16 +119,52 @@ def _output_rule(model, objective: Objective, types, rule, what: str, needs_outp
     return forward_hooks(modules, forward_hook)
 
 
+# Activations a layer rule has no rule for (guided backpropagation is defined for ReLU-like units;
+# the library's LRP passes relevance through ReLU-like units and max-pooling only, as zennit does).
+_NOT_RELU_LIKE = {"silu", "hardswish", "gelu", "mish", "elu", "selu", "celu", "leaky_relu", "hardsigmoid", "sigmoid",
+                  "tanh", "hardtanh"}
+_GUIDED_MODULES = (nn.ReLU, nn.ReLU6, nn.Softplus, SmoothReLU6)  # the last: the smooth surrogate of ReLU6
+
+
+def _refuse_unsupported(model, x, what: str, unsupported: set[str], allowed: tuple[type, ...],
+                        advice: str) -> list[tuple[str, str]]:
+    """Raise if a forward pass runs an operation in ``unsupported`` outside a module of ``allowed``
+    (ReLU6 runs hardtanh inside its module: that one is fine); else the operations seen."""
+    inside = {name or "model" for name, module in model.named_modules() if isinstance(module, allowed)}
+    seen = operations(model, x)
+    bad = [(op, where) for op, where in seen if op in unsupported and where not in inside]
+    if bad:
+        shown = ", ".join(f"{op} (in {where})" for op, where in dict.fromkeys(bad).keys())
+        raise ValueError(f"{what} has no rule for {shown}; {advice}")
+    return seen
+
+
 @register("guided_backprop")
 def guided_backprop(
     model, x, target, *, create_graph=False, generator=None, batch_size=None, output="logit"
 ) -> Tensor:
     """Guided backpropagation (Springenberg et al.): the gradient with negative gradients zeroed at
-    the output of every ``nn.ReLU``, ``nn.ReLU6`` (MobileNets) and ``nn.Softplus`` (smoothed models)
-    module. Shape of ``x``."""
-    objective = Objective(model, x, target, output)
+    the output of every ReLU-like unit: ``nn.ReLU``, ``nn.ReLU6`` (MobileNets), ``nn.Softplus`` and
+    ``SmoothReLU6`` (smoothed models and the attacks' surrogates) modules, and functional ``relu`` / ``relu6`` / ``softplus`` calls in a
+    model's own forward (DenseNet's last ReLU). A model with another activation (SiLU, Hardswish,
+    GELU, sigmoid gates, ...) is refused: guided backpropagation has no rule for it. Shape of ``x``."""
+    objective = Objective(model, x, target, output)  # checks the inputs first
     batch_size = resolve_batch_size(batch_size, x)
-    with _output_rule(model, objective, (nn.ReLU, nn.ReLU6, nn.Softplus), _guided_rule, "guided_backprop"):
+    seen = _refuse_unsupported(model, x, "guided_backprop", _NOT_RELU_LIKE, _GUIDED_MODULES,
+                               "guided backpropagation is defined for ReLU-like activations only; use the gradient, "
+                               "SmoothGrad or Integrated Gradients on this model")
+
+    def guide(out, args, kwargs):
+        if out.requires_grad:
+            out.register_hook(lambda grad: _guided_rule(grad, out) if objective.rules_active else None)
+
+    has_modules = any(isinstance(m, _GUIDED_MODULES) for m in model.modules())
+    if not has_modules and not any(op in ("relu", "relu6", "softplus") for op, _ in seen):
+        raise ValueError("guided_backprop found no ReLU, ReLU6 or Softplus unit (module or functional call) in "
+                         "the model: there is nothing to guide")
+    hooks = _output_rule(model, objective, _GUIDED_MODULES, _guided_rule, "guided_backprop") if has_modules \
+        else nullcontext()
+    with hooks, functional_rule(model, {"relu", "relu6", "softplus"}, _GUIDED_MODULES, guide):
         return batched_gradient(objective, graph_input(x, create_graph), create_graph, batch_size)
 
 
@@ -164,11 +204,18 @@ def lrp_epsilon(
     ``z / (z + epsilon * sign(z))``; with a tiny epsilon it equals grad_x_input on ReLU networks.
     Linear operations that are not modules (a residual ``out += identity``, a functional pooling)
     get the z-rule: relevance in proportion to each input's contribution, as zennit gives with its
-    ResNet canonizer and a Sum rule. Each layer's output is copied in the forward pass, so a later
+    ResNet canonizer and a Sum rule. A model with a unit that has no LRP rule here (SiLU,
+    Hardswish, GELU, sigmoid gates, Softplus, layer or group norm, attention) is refused: the map
+    would be gradient x input in disguise (relevance conservation 0.00-0.05 on such networks). Each layer's output is copied in the forward pass, so a later
     in-place operation does not change the values the rule reads (tested on torchvision ResNets).
     """
-    objective = Objective(model, x, target, "logit")
+    objective = Objective(model, x, target, "logit")  # checks the inputs first
     batch_size = resolve_batch_size(batch_size, x)
+    _refuse_unsupported(model, x, "lrp_epsilon", _NOT_RELU_LIKE | {"softplus", "layer_norm", "group_norm", "attention"},
+                        (nn.ReLU, nn.ReLU6),
+                        "its rules cover linear layers, batch norm, pooling and ReLU-like units (as zennit's "
+                        "epsilon composite does); the map would be gradient x input in disguise. Use "
+                        "grad_x_input or Integrated Gradients, or zennit with rules written for these layers")
     epsilon = number("epsilon", epsilon)
 
     def epsilon_rule(grad, z):
