@@ -282,3 +282,14 @@ def test_model_is_left_untouched():
     assert model.training and [p.requires_grad for p in model.parameters()] == flags
     assert all(p.grad is None for p in model.parameters()) and x.grad is None
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_the_lagrange_multiplier_grows_while_the_constraint_is_violated():
+    """Kills the mutant "the multiplier never grows" (#24, finding 11): with the initial multiplier
+    and no repair, only its growth brings the decoys back inside the representation constraint."""
+    model = spaced_cnn()
+    x = SYNTHETIC.normalize(torch.rand((2, 3, 8, 8), generator=gen(3), dtype=torch.float64))
+    options = dict(patch=3, stride=3, eps=0.2, tau=0.5, steps=20, multiplier=1.0, repair=0)
+    growing = make_decoys(model, x, multiplier_growth=2.0, **options)
+    fixed = make_decoys(model, x, multiplier_growth=1.0, **options)
+    assert growing.satisfied_fraction > fixed.satisfied_fraction + 0.5  # 0.75 against 0.0 here

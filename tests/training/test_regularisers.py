@@ -237,7 +237,7 @@ def test_spec_is_checked():
 
 def test_real_architectures_with_inplace_relu_and_relu6():
     torchvision = pytest.importorskip("torchvision")
-    x = torch.randn((2, 3, 32, 32), generator=gen(0))
+    x = IMAGENET.normalize(torch.rand((2, 3, 32, 32), generator=gen(0)))
     y = torch.tensor([1, 3])
     torch.manual_seed(0)
     resnet = torchvision.models.resnet18(weights=None, num_classes=10).train()  # BatchNorm in train mode
@@ -313,3 +313,19 @@ def test_killed_regularised_training_resumes_to_the_same_weights(tmp_path):
     assert result.resumed_from_epoch == 1 and len(result.history) == 3
     assert all(entry["penalty"] > 0 for entry in result.history)
     assert same_state(resumed, straight)
+
+
+def test_regularised_loss_refuses_nan_and_warns_on_raw_pixels():
+    """#24 finding 10: a NaN image gave a NaN loss, raw [0, 1] input no warning."""
+    from reliable_saliency.models import build
+
+    torch.manual_seed(0)
+    model = build("lenet").eval()
+    x = torch.rand(2, 3, 32, 32)
+    y = torch.tensor([1, 2])
+    with pytest.warns(UserWarning, match="raw pixels|normalize"):
+        regularised_loss(model, x, y, L2_COSD, generator=torch.Generator().manual_seed(0))
+    bad = model.input_space.normalize(x)
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        regularised_loss(model, bad, y, L2_COSD, generator=torch.Generator().manual_seed(0))

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core.inputs import InputSpace, check_targets
+from ..core.inputs import InputSpace, check_images, check_targets
 from ..core.options import choice, number, pixel_budget
 from ..core.perturbation import space_or_raise
 
@@ -114,6 +114,8 @@ def regularised_loss(
     regulariser = regulariser or Regulariser()
     if not isinstance(regulariser, Regulariser):
         raise TypeError(f"regulariser must be a Regulariser or None, got {type(regulariser).__name__}")
+    # the explainers' input rules: NaN refused, raw [0, 1] pixels given to a normalised model warned about
+    check_images(x, input_space or getattr(model, "input_space", None))
     if not regulariser.active:
         logits = model(x)
         ce = F.cross_entropy(logits, y)
