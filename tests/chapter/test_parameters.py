@@ -16,8 +16,8 @@ CELL = '''# %% [markdown]
 profile: str = "smoke"  # smoke | book | paper
 device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
 seed: int = 0
-images: int | None = None  # test images (None: from the profile)
-pgd_eps: float = 8 / 255  # L-inf budget in pixel units
+images: int | None = None  # [1, 10000] test images (None: from the profile)
+pgd_eps: float = 8 / 255  # [0, 1] L-inf budget in pixel units
 models: list[str] = ["lenet_natural"]  # zoo recipes
 unroll: list[tuple[int, int]] | None = None  # (iterations, copies) pairs
 
@@ -54,10 +54,10 @@ def test_values_parse_as_literals_or_arithmetic():
 
 
 def test_good_overrides_pass(params):
-    values = check_overrides(params, {"images": "500", "pgd_eps": "4/255", "models": "['a', 'b']",
-                                      "unroll": "[(2, 2)]", "device": "cuda:1"})
-    assert values == {"images": 500, "pgd_eps": pytest.approx(4 / 255), "models": ["a", "b"],
-                      "unroll": [(2, 2)], "device": "cuda:1"}
+    values = check_overrides(params, {"images": "500", "pgd_eps": "4/255", "models": "['lenet_natural', 'lenet_fgsm']",
+                                      "unroll": "[(2, 2)]", "device": "cpu"})
+    assert values == {"images": 500, "pgd_eps": pytest.approx(4 / 255), "models": ["lenet_natural", "lenet_fgsm"],
+                      "unroll": [(2, 2)], "device": "cpu"}
 
 
 @pytest.mark.parametrize("name, text, message", [
@@ -85,3 +85,32 @@ def test_a_parameter_without_description_gets_a_clean_message(params):
     with pytest.raises(ParameterError) as error:
         check_overrides(params, {"seed": "-1"})  # `seed: int = 0` has no description
     assert str(error.value) == "parameter seed must not be negative (got '-1')"
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("pgd_eps", "8", r"must lie in \[0, 1\].*did you mean 8/255"),
+    ("images", "0", r"must lie in \[1, 10000\]"),
+    ("images", "100000000", r"must lie in \[1, 10000\]"),
+    ("seed", "99999999999999999999999", "does not fit in 64 bits"),
+    ("models", "['lenet_natral']", "no zoo recipe named 'lenet_natral'"),
+    ("device", "nonsense", "device must be auto, cpu, cuda or cuda:N"),
+])
+def test_ranges_names_and_devices_are_checked_before_anything_runs(params, name, text, message):
+    """#24 finding 9: these failed 10-120 s into the chapter, or with raw tracebacks."""
+    with pytest.raises(ParameterError, match=message):
+        check_overrides(params, {name: text})
+
+
+def test_a_cuda_device_must_exist(params, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ParameterError, match="no CUDA device"):
+        check_overrides(params, {"device": "cuda:1"})
+
+
+def test_a_malformed_range_is_an_error_in_the_chapter(tmp_path):
+    path = tmp_path / "09_bad.py"
+    path.write_text(CELL.replace("# [1, 10000] test images", "# [1, 2 lots] test images"))
+    with pytest.raises(ParameterError, match="range"):
+        read_parameters(path)

@@ -4,8 +4,14 @@ before anything executes.
 Each line of the cell is ``name: type = default  # help``. The type is one of ``int``, ``float``,
 ``str``, ``bool``, ``list[T]``, ``tuple[T, ...]``, ``tuple[T1, T2]`` or a union with ``None``; a
 ``str`` whose help starts with ``a | b | c`` accepts only those words. Every number of the book is a
-count, size, budget or seed, so **negative numbers are refused**. Values on the command line are
-Python literals (``500``, ``"cuda"``, ``[1, 2]``, ``None``) or arithmetic on numbers (``8/255``).
+count, size, budget or seed, so **negative numbers are refused**, and no integer may overflow
+torch's 64 bits. A help text may start with a **range** ``[low, high]`` (``high`` may be ``...``)
+that every number of the value must lie in: ``[1, ...]`` for a count that must not be zero,
+``[0, 1]`` for a pixel budget (a value between 1 and 255 gets the hint "did you mean v/255?").
+A help text that mentions **zoo recipes** accepts only the zoo's recipe names, and ``device``
+accepts ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` where such a device exists. Values on the command
+line are Python literals (``500``, ``"cuda"``, ``[1, 2]``, ``None``) or arithmetic on numbers
+(``8/255``).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import ast
 import json
 import operator
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +37,8 @@ class Parameter:
     default: str  # the default as written, e.g. "8 / 255"
     help: str
     choices: tuple[str, ...] = ()
+    low: float | None = None  # the range the help states, if any
+    high: float | None = None
 
 
 def _cell_source(path: Path) -> str:
@@ -70,9 +79,69 @@ def read_parameters(path: str | Path) -> dict[str, Parameter]:
         first = help_text.split("(")[0]
         words = [w.strip() for w in first.split("|")]
         choices = tuple(words) if len(words) > 1 and all(w.isidentifier() for w in words) else ()
+        low, high = _stated_range(help_text, Path(path).name, node.target.id)
         name = node.target.id
-        found[name] = Parameter(name, ast.unparse(node.annotation), ast.unparse(node.value), help_text, choices)
+        found[name] = Parameter(name, ast.unparse(node.annotation), ast.unparse(node.value), help_text, choices,
+                                low, high)
     return found
+
+
+_RANGE = re.compile(r"^\[\s*([0-9][^,\]]*?)\s*,\s*(\.\.\.|[0-9][^\]]*?)\s*\]")  # [1, ...], [0, 1], [1, 10000]
+
+
+def _stated_range(help_text: str, source: str, name: str) -> tuple[float | None, float | None]:
+    found = _RANGE.match(help_text)
+    if not found:
+        return None, None
+    try:
+        low, high = (None if t == "..." else float(_number_expression(ast.parse(t, mode="eval").body))
+                     for t in found.groups())
+    except (ValueError, SyntaxError) as error:
+        raise ParameterError(f"{source}: parameter {name}'s range {found.group(0)!r} is not [number, number or ...]") \
+            from error
+    return low, high
+
+
+def _numbers(value) -> list:
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, (int, float)):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [n for v in value for n in _numbers(v)]
+    return []
+
+
+def _check_range(name: str, spec: Parameter, value, text: str) -> None:
+    for number in _numbers(value):
+        if isinstance(number, int) and abs(number) >= 2**63:
+            raise ParameterError(f"parameter {name}: {text!r} does not fit in 64 bits")
+        if spec.low is not None and number < spec.low or spec.high is not None and number > spec.high:
+            shown = f"[{spec.low:g}, {'...' if spec.high is None else f'{spec.high:g}'}]"
+            hint = (f"; did you mean {number:g}/255 (pixel budgets are fractions of the pixel range)?"
+                    if spec.high == 1 and 1 < number <= 255 else "")
+            raise ParameterError(f"parameter {name} must lie in {shown} (got {text!r}){hint}")
+
+
+def _check_names(name: str, spec: Parameter, value, text: str) -> None:
+    if name == "device" and isinstance(value, str):
+        import torch
+
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            raise ParameterError(f"parameter device must be auto, cpu, cuda or cuda:N (got {text!r})")
+        if value.startswith("cuda"):
+            index = int(value.split(":")[1]) if ":" in value else 0
+            if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+                raise ParameterError(f"device {value!r} was asked for, but this machine has "
+                                     f"{torch.cuda.device_count() if torch.cuda.is_available() else 'no'} CUDA "
+                                     f"device(s); use cpu or auto")
+    if "zoo recipe" in spec.help and value is not None:
+        from ..training.zoo import RECIPES
+
+        unknown = [v for v in (value if isinstance(value, (list, tuple)) else [value]) if v not in RECIPES]
+        if unknown:
+            raise ParameterError(f"parameter {name}: no zoo recipe named {', '.join(map(repr, unknown))}; the recipes "
+                                 f"are {', '.join(sorted(RECIPES))}")
 
 
 _ARITHMETIC = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
@@ -160,5 +229,7 @@ def check_overrides(parameters: dict[str, Parameter], overrides: dict[str, str],
                                  + (f": {spec.help}" if spec.help else ""))
         if spec.choices and value is not None and value not in spec.choices:
             raise ParameterError(f"parameter {name} must be one of {', '.join(spec.choices)} (got {value!r})")
+        _check_range(name, spec, value, text)
+        _check_names(name, spec, value, text)
         values[name] = value
     return values
