@@ -25,11 +25,11 @@
 profile: str = "smoke"  # smoke | book | paper
 device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
 seed: int = 0
-eval_images: int | None = None  # test images attacked with PGD (None: from the profile)
-imagenet_images: int | None = None  # ImageNet sample images classified (None: from the profile)
-pgd_steps: int | None = None  # PGD iterations (None: from the profile)
-pgd_eps: float = 8 / 255  # PGD L-inf radius in pixel units
-strong_pgd: tuple[int, int] | None = None  # (steps, restarts) of the stronger PGD behind the robustness check (None: per profile)
+eval_images: int | None = None  # [1, 10000] test images attacked with PGD (None: from the profile)
+imagenet_images: int | None = None  # [1, 1000] ImageNet sample images classified (None: from the profile)
+pgd_steps: int | None = None  # [1, ...] PGD iterations (None: from the profile)
+pgd_eps: float = 8 / 255  # [0, 1] PGD L-inf radius in pixel units
+strong_pgd: tuple[int, int] | None = None  # [1, ...] (steps, restarts) of the stronger PGD behind the robustness check (None: per profile)
 models: list[str] = ["lenet_natural", "lenet_fgsm"]  # zoo recipes to train or load
 
 # %%

@@ -36,19 +36,19 @@
 profile: str = "smoke"  # smoke | book | paper
 device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
 seed: int = 0
-attack_images: int | None = None  # correctly classified test images attacked (None: eval_images / 5 of the profile)
-mc_attack_images: int | None = None  # images for the costlier SmoothGrad / IG attacks (None: per profile, else attack_images / 4)
-attack_steps: int | None = None  # Ghorbani iterations (None: from the profile)
-mc_samples: int | None = None  # SmoothGrad samples for the maps that are *measured* (None: from the profile)
-ig_steps: int | None = None  # IG steps for the maps that are measured (None: from the profile)
-surrogate_sizes: list[int] | None = None  # SmoothGrad samples / IG steps inside the attack gradient, swept (None: per profile)
-eps: float = 8 / 255  # L-inf budget in pixel units
-eps_curve: list[float] | None = None  # budgets of the eps curve, gradient top-k attack (None: per profile)
+attack_images: int | None = None  # [1, 10000] correctly classified test images attacked (None: eval_images / 5 of the profile)
+mc_attack_images: int | None = None  # [1, 10000] images for the costlier SmoothGrad / IG attacks (None: per profile, else attack_images / 4)
+attack_steps: int | None = None  # [1, ...] Ghorbani iterations (None: from the profile)
+mc_samples: int | None = None  # [1, ...] SmoothGrad samples for the maps that are *measured* (None: from the profile)
+ig_steps: int | None = None  # [1, ...] IG steps for the maps that are measured (None: from the profile)
+surrogate_sizes: list[int] | None = None  # [1, ...] SmoothGrad samples / IG steps inside the attack gradient, swept (None: per profile)
+eps: float = 8 / 255  # [0, 1] L-inf budget in pixel units
+eps_curve: list[float] | None = None  # [0, 1] budgets of the eps curve, gradient top-k attack (None: per profile)
 surrogate_beta: float = 10.0  # Softplus beta of the surrogate used to attack ReLU models
-manipulation_steps: int | None = None  # Dombrowski Adam steps (None: 1,500 as the paper; 20 at smoke)
-manipulation_pairs: int | None = None  # (image, target image) pairs for the Dombrowski manipulation (None: per profile)
+manipulation_steps: int | None = None  # [1, ...] Dombrowski Adam steps (None: 1,500 as the paper; 20 at smoke)
+manipulation_pairs: int | None = None  # [1, ...] (image, target image) pairs for the Dombrowski manipulation (None: per profile)
 softplus_betas: list[float] | None = None  # beta-smoothed copies of the natural model compared (None: per profile)
-imagenet_images: int | None = None  # ImageNet val images attacked with EfficientNet-Lite0 (None: per profile; 0 skips)
+imagenet_images: int | None = None  # [0, 37] ImageNet val images attacked with EfficientNet-Lite0 (None: per profile; 0 skips)
 
 # %%
 import time

@@ -41,28 +41,28 @@
 profile: str = "smoke"  # smoke | book | paper
 device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
 seed: int = 0
-main_images: int | None = None  # CIFAR-10 test images of the fidelity and sensitivity tables (correct for the LeNet)
-patch: int = 3  # decoy patch side in pixels (the paper: 3 x 3)
-stride: int | None = None  # pixels between patch positions (the paper: not stated; 1 would be 900 positions on 32 x 32)
+main_images: int | None = None  # [1, 10000] CIFAR-10 test images of the fidelity and sensitivity tables (correct for the LeNet)
+patch: int = 3  # [1, 32] decoy patch side in pixels (the paper: 3 x 3)
+stride: int | None = None  # [1, ...] pixels between patch positions (the paper: not stated; 1 would be 900 positions on 32 x 32)
 decoy_layer: str = "features.9"  # the representation kept by the decoys (LeNet's last spatial layer, the last max-pool)
 decoy_eps: float = 0.1  # bound on ||F_l(x~) - F_l(x)||_inf, relative to max |F_l(x)| of the image
-tau: float = 0.1  # per-pixel bound |x~ - x| in pixel units (images in [0, 1])
+tau: float = 0.1  # [0, 1] per-pixel bound |x~ - x| in pixel units (images in [0, 1])
 multiplier: float = 1.0  # initial penalty multiplier (raised x2 after every violating step)
-decoy_steps: int | None = None  # sign-gradient steps of the decoy solver
-sg_samples: int | None = None  # SmoothGrad samples (noise 0.15 of the range), with and without decoys
-ig_steps: int | None = None  # Integrated Gradients steps (zero baseline), with and without decoys
-attack_eps: float = 8 / 255  # Ghorbani attacks: L-inf budget in pixel units
-attack_steps: int | None = None  # Ghorbani iterations (step 2.5 * eps / steps)
+decoy_steps: int | None = None  # [1, ...] sign-gradient steps of the decoy solver
+sg_samples: int | None = None  # [1, ...] SmoothGrad samples (noise 0.15 of the range), with and without decoys
+ig_steps: int | None = None  # [1, ...] Integrated Gradients steps (zero baseline), with and without decoys
+attack_eps: float = 8 / 255  # [0, 1] Ghorbani attacks: L-inf budget in pixel units
+attack_steps: int | None = None  # [1, ...] Ghorbani iterations (step 2.5 * eps / steps)
 surrogate_beta: float = 10.0  # Softplus beta of the copy the attacks differentiate (the LeNet uses ReLU)
-auc_steps: int | None = None  # insertion / deletion steps
-direct_images: int | None = None  # first main images also attacked with SmoothGrad- and IG-aimed attacks
-adaptive_images: int | None = None  # first main images of the attack aimed at the DANCE map itself
-knob_images: int | None = None  # first main images of the patch / stride / layer / multiplier study
-dense_strides: list[int] | None = None  # denser patch grids checked in the knob study (the last on dense_images only)
-dense_images: int | None = None  # first knob images also explained with the densest stride
-imagenet_images: int | None = None  # ImageNet val-37 images explained with the offline EfficientNet-Lite0
-imagenet_stride: int | None = None  # patch stride on 224 x 224 ImageNet inputs
-loop_images: int | None = None  # first main images of the batched-versus-loop timing
+auc_steps: int | None = None  # [1, ...] insertion / deletion steps
+direct_images: int | None = None  # [1, 10000] first main images also attacked with SmoothGrad- and IG-aimed attacks
+adaptive_images: int | None = None  # [1, 10000] first main images of the attack aimed at the DANCE map itself
+knob_images: int | None = None  # [1, 10000] first main images of the patch / stride / layer / multiplier study
+dense_strides: list[int] | None = None  # [1, ...] denser patch grids checked in the knob study (the last on dense_images only)
+dense_images: int | None = None  # [1, 10000] first knob images also explained with the densest stride
+imagenet_images: int | None = None  # [0, 37] ImageNet val-37 images explained with the offline EfficientNet-Lite0
+imagenet_stride: int | None = None  # [1, ...] patch stride on 224 x 224 ImageNet inputs
+loop_images: int | None = None  # [1, 10000] first main images of the batched-versus-loop timing
 
 # %%
 # Sizes per profile. `book` must run in under 45 minutes on a 2-core CPU. A forward + input-gradient

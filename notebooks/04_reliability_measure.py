@@ -41,25 +41,25 @@
 profile: str = "smoke"  # smoke | book | paper
 device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
 seed: int = 0
-main_images: int | None = None  # lenet_natural test images of the main tables (correct for both models)
-fgsm_images: int | None = None  # first main images also measured on lenet_fgsm
-sg_samples: int | None = None  # SmoothGrad samples (the authors: 100, noise 0.2 of the image's range)
-relex_images: int | None = None  # first main images explained by RelEx on lenet_natural (about 5,000 passes each)
-relex_iterations: int | None = None  # RelEx iterations (the authors: 50)
-relex_samples: int | None = None  # RelEx noisy copies per iteration (the authors: 50)
-cleaning_images: int | None = None  # first main images whose maps are cleaned
-retrieval_images: int | None = None  # first main images attacked with PGD for paper A's retrieval rate
-loop_images: int | None = None  # images measured one at a time against one batched call (speed section)
-dance_images: int | None = None  # first main images explained by DANCE(gradient) (paper B, chapter 3)
-search_images: int | None = None  # first main images measured by both searches (bisection and the authors' walk)
-imagenet_images: int | None = None  # ImageNet val-37 images with EfficientNet-Lite0 (0 skips the section)
+main_images: int | None = None  # [1, 10000] lenet_natural test images of the main tables (correct for both models)
+fgsm_images: int | None = None  # [1, 10000] first main images also measured on lenet_fgsm
+sg_samples: int | None = None  # [1, ...] SmoothGrad samples (the authors: 100, noise 0.2 of the image's range)
+relex_images: int | None = None  # [1, 10000] first main images explained by RelEx on lenet_natural (about 5,000 passes each)
+relex_iterations: int | None = None  # [1, ...] RelEx iterations (the authors: 50)
+relex_samples: int | None = None  # [1, ...] RelEx noisy copies per iteration (the authors: 50)
+cleaning_images: int | None = None  # [1, 10000] first main images whose maps are cleaned
+retrieval_images: int | None = None  # [1, 10000] first main images attacked with PGD for paper A's retrieval rate
+loop_images: int | None = None  # [1, 10000] images measured one at a time against one batched call (speed section)
+dance_images: int | None = None  # [1, 10000] first main images explained by DANCE(gradient) (paper B, chapter 3)
+search_images: int | None = None  # [1, 10000] first main images measured by both searches (bisection and the authors' walk)
+imagenet_images: int | None = None  # [0, 37] ImageNet val-37 images with EfficientNet-Lite0 (0 skips the section)
 imagenet_methods: list[str] | None = None  # methods measured on ImageNet (each costs about a minute of CPU per image)
-iterations: int | None = None  # bisection steps after the scan (resolution: bracket / scan / 2**iterations)
-imagenet_iterations: int | None = None  # the same on ImageNet, where flip budgets per entry span a wider range
-permutations: int = 10  # random permutations per shuffled variant (the authors: 10)
-scan: int = 20  # equally spaced budgets tried before the bisection
-sigma_max_per_entry: float = 0.25  # search bracket: total L1 up to this x D (mean |change| per entry, pixels)
-pgd_eps: float = 8 / 255  # PGD budget for the retrieval rate, pixel units
+iterations: int | None = None  # [1, ...] bisection steps after the scan (resolution: bracket / scan / 2**iterations)
+imagenet_iterations: int | None = None  # [1, ...] the same on ImageNet, where flip budgets per entry span a wider range
+permutations: int = 10  # [1, ...] random permutations per shuffled variant (the authors: 10)
+scan: int = 20  # [1, ...] equally spaced budgets tried before the bisection
+sigma_max_per_entry: float = 0.25  # [0, 1] search bracket: total L1 up to this x D (mean |change| per entry, pixels)
+pgd_eps: float = 8 / 255  # [0, 1] PGD budget for the retrieval rate, pixel units
 
 # %%
 import re

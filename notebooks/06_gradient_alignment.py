@@ -42,21 +42,21 @@
 profile: str = "smoke"  # smoke | book | paper
 device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
 seed: int = 0
-images: int | None = None  # test images correct for all five models: similarity, diagnostics and insertion tables
-attack_images: int | None = None  # first images attacked with the frame and the Ghorbani top-k attacks
-robust_images: int | None = None  # first images attacked with PGD (adversarial accuracy)
-accuracy_images: int | None = None  # test images for clean accuracy (None: per profile; book, paper: the whole split)
-invariance_images: int | None = None  # first images of the normalisation-invariance check
-draws: int = 10  # random neighbours per image (the authors: 10)
-eps_values: list[int] = [4, 8, 16]  # random-perturbation and PGD budgets, in 1/255 of the pixel range
-frame_eps: float = 4 / 255  # frame attack budget, pixel units (the authors: 4/255)
-frame_steps: int | None = None  # Adam steps of the frame attack (the authors: 100, lr 4 eps / 100)
-ghorbani_eps: float = 8 / 255  # Ghorbani top-k attack budget, pixel units (as chapter 1)
-ghorbani_steps: int | None = None  # sign steps of 0.5/255 of the Ghorbani top-k attack
-insertion_steps: int = 20  # keep the top i / steps of the pixels for i from 0 to steps - 1 (the authors: 20)
-cost_rounds: int | None = None  # timed training steps per method (interleaved), after one warm-up step each
-cost_batch: int | None = None  # training batch of the cost measurement (the authors: 128)
-batch_size: int = 64  # model inputs per pass in the evaluations (the fastest LeNet batch on a 2-core CPU)
+images: int | None = None  # [1, 10000] test images correct for all five models: similarity, diagnostics and insertion tables
+attack_images: int | None = None  # [1, 10000] first images attacked with the frame and the Ghorbani top-k attacks
+robust_images: int | None = None  # [1, 10000] first images attacked with PGD (adversarial accuracy)
+accuracy_images: int | None = None  # [1, 10000] test images for clean accuracy (None: per profile; book, paper: the whole split)
+invariance_images: int | None = None  # [1, 10000] first images of the normalisation-invariance check
+draws: int = 10  # [1, ...] random neighbours per image (the authors: 10)
+eps_values: list[int] = [4, 8, 16]  # [1, 255] random-perturbation and PGD budgets, in 1/255 of the pixel range
+frame_eps: float = 4 / 255  # [0, 1] frame attack budget, pixel units (the authors: 4/255)
+frame_steps: int | None = None  # [1, ...] Adam steps of the frame attack (the authors: 100, lr 4 eps / 100)
+ghorbani_eps: float = 8 / 255  # [0, 1] Ghorbani top-k attack budget, pixel units (as chapter 1)
+ghorbani_steps: int | None = None  # [1, ...] sign steps of 0.5/255 of the Ghorbani top-k attack
+insertion_steps: int = 20  # [1, ...] keep the top i / steps of the pixels for i from 0 to steps - 1 (the authors: 20)
+cost_rounds: int | None = None  # [1, ...] timed training steps per method (interleaved), after one warm-up step each
+cost_batch: int | None = None  # [1, ...] training batch of the cost measurement (the authors: 128)
+batch_size: int = 64  # [1, ...] model inputs per pass in the evaluations (the fastest LeNet batch on a 2-core CPU)
 
 # %%
 import copy

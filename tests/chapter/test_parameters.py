@@ -114,3 +114,18 @@ def test_a_malformed_range_is_an_error_in_the_chapter(tmp_path):
     path.write_text(CELL.replace("# [1, 10000] test images", "# [1, 2 lots] test images"))
     with pytest.raises(ParameterError, match="range"):
         read_parameters(path)
+
+
+@pytest.mark.parametrize("chapter, name, text, message", [
+    ("00_data_and_models", "eval_images", "0", r"must lie in \[1, 10000\]"),
+    ("00_data_and_models", "pgd_eps", "8", "did you mean 8/255"),
+    ("00_data_and_models", "models", "['lenet_x']", "no zoo recipe named 'lenet_x'"),
+    ("02_relex", "main_images", "1000000", r"must lie in \[1, 10000\]"),
+    ("03_dance", "stride", "0", r"must lie in \[1, \.\.\.\]"),
+    ("06_gradient_alignment", "device", "nonsense", "device must be"),
+])
+def test_the_book_chapters_state_their_ranges(chapter, name, text, message):
+    """#24 finding 9 on the real chapters: each of these failed 10-120 s into the run before."""
+    source = next(p for p in NOTEBOOKS if p.stem == chapter)
+    with pytest.raises(ParameterError, match=message):
+        check_overrides(read_parameters(source), {name: text}, chapter)
