@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..core.batching import draw
 from ..core.inputs import InputSpace
 from ..core.options import choice, integer, number, pixel_budget
 from ..core.perturbation import project
@@ -168,7 +169,7 @@ def ghorbani_attack(
         if t == steps:
             break
         if goal.attack_value is None:
-            direction = torch.randn(x01.shape, generator=generator, dtype=x01.dtype, device=x01.device).sign()
+            direction = draw(torch.randn, x01.shape, generator=generator, device=x01.device, dtype=x01.dtype).sign()
         else:
             if grad is None:
                 grad, _ = attack_gradient(delta)
@@ -213,8 +214,8 @@ def random_sign_noise(
     noisy = x01.clone()
     pending = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
     for _ in range(tries):
-        draw = torch.randn(x01.shape, generator=generator, dtype=x01.dtype, device=x01.device).sign()
-        candidate = (x01 + eps * draw).clamp(0.0, 1.0)
+        signs = draw(torch.randn, x01.shape, generator=generator, device=x01.device, dtype=x01.dtype).sign()
+        candidate = (x01 + eps * signs).clamp(0.0, 1.0)
         noisy = torch.where(pending.view(-1, 1, 1, 1), candidate, noisy)
         with torch.no_grad():
             pending = model(space.normalize(noisy)).argmax(1) != label

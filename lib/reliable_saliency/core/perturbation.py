@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .batching import draw
 from .inputs import InputSpace, input_space_of
 
 __all__ = ["space_or_raise", "project", "random_start", "pixel_change"]
@@ -33,11 +34,11 @@ def project(delta: Tensor, x01: Tensor, eps: float, norm: str) -> Tensor:
 
 def random_start(x01: Tensor, eps: float, norm: str, generator) -> Tensor:
     if norm == "linf":
-        noise = torch.rand(x01.shape, generator=generator, device=x01.device, dtype=x01.dtype) * 2 - 1
+        noise = draw(torch.rand, x01.shape, generator=generator, device=x01.device, dtype=x01.dtype) * 2 - 1
         return noise * eps
-    direction = torch.randn(x01.shape, generator=generator, device=x01.device, dtype=x01.dtype)
+    direction = draw(torch.randn, x01.shape, generator=generator, device=x01.device, dtype=x01.dtype)
     direction = direction / direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-    radius = torch.rand((x01.shape[0], 1, 1, 1), generator=generator, device=x01.device, dtype=x01.dtype)
+    radius = draw(torch.rand, (x01.shape[0], 1, 1, 1), generator=generator, device=x01.device, dtype=x01.dtype)
     return direction * radius * eps
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..core.batching import draw
 from ..core.inputs import input_space_of
 from ..core.options import batch_size as check_batch_size
 from ..core.options import integer
@@ -66,11 +67,11 @@ def max_sensitivity(
 
     shape = (n * samples, *x.shape[1:])
     if norm == "linf":
-        noise = (torch.rand(shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1) * radius
+        noise = (draw(torch.rand, shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1) * radius
     else:
-        direction = torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)
+        direction = draw(torch.randn, shape, generator=generator, device=x.device, dtype=x.dtype)
         direction = direction / direction.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
-        u = torch.rand((n * samples, 1, 1, 1), generator=generator, device=x.device, dtype=x.dtype)
+        u = draw(torch.rand, (n * samples, 1, 1, 1), generator=generator, device=x.device, dtype=x.dtype)
         noise = direction * u.pow(1.0 / x[0].numel()) * radius
     perturbed = x.repeat_interleave(samples, 0) + noise
     space = input_space_of(model)

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..core.batching import draw
 from ..core.inputs import InputSpace, check_images, check_targets
 from ..core.options import choice, number, pixel_budget
 from ..core.perturbation import space_or_raise
@@ -127,7 +128,7 @@ def regularised_loss(
         ce = F.cross_entropy(logits, y)
         if regulariser.kind == "hessian":
             grad = _true_logit_gradient(model, inputs, y, True, logits)
-            v = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            v = draw(torch.randn, x.shape, generator=generator, device=x.device, dtype=x.dtype)
             (hv,) = torch.autograd.grad((grad * v).sum(), inputs, create_graph=True)
             terms = {"hessian": _squared_norm(hv)}
             total = regulariser.lambda_hessian * terms["hessian"].mean()
@@ -137,7 +138,7 @@ def regularised_loss(
             grad = _true_logit_gradient(model, inputs, y, keep_graph, logits)
             if regulariser.detach_clean:
                 grad = grad.detach()
-            u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            u = draw(torch.rand, x.shape, generator=generator, device=x.device, dtype=x.dtype)
             neighbour = (x.detach() + space.eps(regulariser.eps, x) * (2 * u - 1)).requires_grad_(True)
             grad_n = _true_logit_gradient(model, neighbour, y, True)
             terms, total = {}, ce.new_zeros(())
