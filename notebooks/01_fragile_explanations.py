@@ -114,9 +114,12 @@ display(Markdown(
 # network; for SmoothGrad and IG the attack's explainer uses the largest of `surrogate_sizes`
 # noise samples / IG steps (the next section shows how the result depends on that size), and
 # every *reported* map is recomputed on the real network with the full explainer (`mc_samples`
-# samples, `ig_steps` steps). The baseline is Ghorbani's: one shot of random sign noise of the full
-# budget (redrawn for an image whose label it flips). The perturbation actually used is reported
-# beside each attack.
+# samples, `ig_steps` steps). **Two random baselines** of the same budget: one shot of random sign
+# noise of the full budget (redrawn for an image whose label it flips), and Ghorbani's own, which
+# iterates random sign steps of 0.5/255 like the attack and keeps the worst map (the attack's
+# `"random"` objective). Per image and measure the stronger of the two is the baseline every claim
+# compares with (the first publication of this chapter used the one-shot draw alone and called it
+# Ghorbani's). The perturbation actually used is reported beside each attack.
 
 # %%
 def explainer(name: str, size: int):
@@ -165,10 +168,16 @@ for name, (objectives, count) in plan.items():
     clean_map = saliency(measured[name], natural, xs, ys)
     started = time.perf_counter()
     noisy, kept = random_sign_noise(natural, xs, eps=eps, generator=generator())
-    per_image[name, "random"], after, row = outcome(name, natural, xs, ys, clean_map, noisy, kept,
-                                                    time.perf_counter() - started)
+    one_shot, after, row = outcome(name, natural, xs, ys, clean_map, noisy, kept, time.perf_counter() - started)
     examples[name, "random"] = (noisy, clean_map, after)
-    rows.append({"explainer": name, "attack": "random sign (one shot)", **row})
+    rows.append({"explainer": name, "attack": "random sign, one shot", **row})
+    started = time.perf_counter()
+    walk = attack(natural, "random", xs, measured[name], None)  # Ghorbani's: iterated sign steps, worst map kept
+    iterated, _, row = outcome(name, natural, xs, ys, clean_map, walk.x_adv, walk.label_kept,
+                               time.perf_counter() - started)
+    rows.append({"explainer": name, "attack": "random sign, iterated (Ghorbani's)", **row})
+    per_image[name, "random"] = {"topk": torch.minimum(one_shot["topk"], iterated["topk"]),  # the stronger of the two
+                                 "shift": torch.maximum(one_shot["shift"], iterated["shift"])}
     for objective in objectives:
         started = time.perf_counter()
         result = attack(natural, objective, xs, explainer(name, strongest), surrogate_beta)
@@ -188,7 +197,8 @@ ghorbani_table.style.format(precision=3)
 # %%
 attack_setting = (f"eps {eps * 255:.0f}/255, {settings.attack_steps} steps of 0.5/255, labels kept "
                   f"{ghorbani_table['label kept'].min():.0%}, Softplus surrogate beta {surrogate_beta:g}, "
-                  f"{strongest} samples/steps inside the attack; baseline: one-shot sign noise")
+                  f"{strongest} samples/steps inside the attack; baseline per image: the stronger of one-shot and "
+                  f"iterated random sign noise")
 ledger.test(
     "F1.1", paper="Ghorbani et al. 2019",
     claim="The top-k attack removes more of the map's top pixels than random sign noise of the same budget.",
@@ -251,21 +261,24 @@ surrogate_table.style.format(precision=3)
 
 # %%
 xs, ys = x[:n_mc_attacked], labels[:n_mc_attacked]
-clean_map = examples["gradient", "random"][1][:n_mc_attacked]
+curve_models = {"natural (ReLU)": (natural, surrogate_beta), **{
+    f"Softplus beta={beta:g}": (model, None) for beta, model in smoothed.items()}, "FGSM-trained": (robust, surrogate_beta)}
 curve_rows = []
-for budget in chosen["eps_curve"]:
-    noisy, _ = random_sign_noise(natural, xs, eps=budget, generator=generator())
-    result = attack(natural, "topk", xs, measured["gradient"], surrogate_beta, budget=budget)
-    for label, x_after in (("random sign", noisy), ("top-k attack", result.x_adv)):
-        values = maps.topk_intersection(clean_map, saliency(measured["gradient"], natural, x_after, ys), k)
-        curve_rows += [{"eps (/255)": budget * 255, "perturbation": label, f"top-{k} intersection": v}
-                       for v in values.tolist()]
+for model_label, (model, beta) in curve_models.items():  # the defences' curves too, on the same images
+    clean_map = saliency(measured["gradient"], model, xs, ys)
+    for budget in chosen["eps_curve"]:
+        noisy, _ = random_sign_noise(model, xs, eps=budget, generator=generator())
+        result = attack(model, "topk", xs, measured["gradient"], beta, budget=budget)
+        for label, x_after in (("random sign", noisy), ("top-k attack", result.x_adv)):
+            values = maps.topk_intersection(clean_map, saliency(measured["gradient"], model, x_after, ys), k)
+            curve_rows += [{"model": model_label, "eps (/255)": budget * 255, "perturbation": label,
+                            f"top-{k} intersection": v} for v in values.tolist()]
 trace = examples["gradient", "topk"][3][:, :n_mc_attacked].cpu()  # (steps + 1, images): best so far per step
 best_so_far = trace.cummin(0).values
 steps_frame = pd.DataFrame([{"step": t, f"top-{k} intersection": v} for t in range(len(best_so_far))
                             for v in best_so_far[t].tolist()])
 fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-sns.lineplot(pd.DataFrame(curve_rows), x="eps (/255)", y=f"top-{k} intersection", hue="perturbation",
+sns.lineplot(pd.DataFrame(curve_rows), x="eps (/255)", y=f"top-{k} intersection", hue="model", style="perturbation",
              errorbar=("ci", 95), marker="o", ax=axes[0])
 axes[0].set_xscale("log", base=2)
 axes[0].set_title(f"gradient maps, {len(xs)} images, {settings.attack_steps} steps")
@@ -312,8 +325,10 @@ def manipulate(model, smooth: bool):
                                map_weight=map_weight, output_weight=output_weight, **betas)
     before = saliency(gradient_explainer, model, source, labels[:pairs])
     after = saliency(gradient_explainer, model, result.x_adv, labels[:pairs])
+    with torch.no_grad():  # the paper's output constraint: how far the softmax output moved, not only the label
+        output_change = (model(result.x_adv).softmax(1) - model(source).softmax(1)).abs().sum(1)
     return dict(before=before, after=after, target=target_map, result=result, seconds=time.perf_counter() - started,
-                change=pixel_change(model.input_space, source, result.x_adv))
+                change=pixel_change(model.input_space, source, result.x_adv), output_change=output_change)
 
 
 manipulations = {"natural (ReLU)": manipulate(natural, smooth=False)}
@@ -328,6 +343,8 @@ for label, m in manipulations.items():
                  "SSIM to target, after": maps.ssim(m["after"], m["target"], data_range=None).mean().item(),
                  "MSE to target x 1e6, after": 1e6 * maps.mse(m["after"], m["target"]).mean().item(),
                  "labels kept": m["result"].label_kept.float().mean().item(),
+                 "softmax change, L1 (mean)": m["output_change"].mean().item(),
+                 "softmax change, L1 (largest)": m["output_change"].max().item(),
                  "max change (/255)": 255 * m["change"]["max"].max().item(),
                  "mean change (/255)": 255 * m["change"]["mean"].mean().item(), "seconds": m["seconds"]})
 manipulation_table = pd.DataFrame(rows).set_index("model")
@@ -336,8 +353,9 @@ manipulation_table.style.format(precision=3)
 # %%
 m = manipulations["natural (ReLU)"]
 manipulation_setting = (f"{pairs} pairs, {chosen['manipulation_steps']} Adam steps (paper: 1,500), terms rescaled "
-                        f"to 32x32 and 10 classes, labels kept {m['result'].label_kept.float().mean():.0%}, "
-                        f"max change {255 * m['change']['max'].max():.1f}/255")
+                        f"to 32x32 and 10 classes, labels kept {m['result'].label_kept.float().mean():.0%}, softmax "
+                        f"output moved by {m['output_change'].mean():.3f} in L1 on average (largest "
+                        f"{m['output_change'].max():.3f}), max change {255 * m['change']['max'].max():.1f}/255")
 full_strength = chosen["manipulation_steps"] >= 1500
 for claim_id, claim, measured_as, values in [
     ("F1.3", "The manipulation moves the map towards another image's map.",
@@ -373,37 +391,66 @@ plt.show()
 # %% [markdown]
 # ## Do Softplus smoothing and adversarial training make maps less fragile?
 #
-# The same top-k attack and the same one-shot random baseline on gradient maps, on the same
-# images, against: the natural ReLU model (through the Softplus surrogate), copies of it with every
-# ReLU replaced by Softplus(beta) for small beta (attacked and judged directly: they *are* smooth
+# The same top-k attack and the same two random baselines on gradient maps, on the same images,
+# against: the natural ReLU model (through the Softplus surrogate), copies of it with every ReLU
+# replaced by Softplus(beta) for small beta (attacked and judged directly: they *are* smooth
 # models, with their own accuracy), and the FGSM adversarially trained model (through the
-# surrogate). A defence makes maps less fragile when the attack's damage beyond its own random
-# baseline (top-k intersection after random noise minus after the attack) is smaller than on the
-# natural model, image by image.
+# surrogate).
+#
+# **Which read-out.** The first publication of this chapter judged a defence by the damage beyond
+# random (after random noise minus after the attack). That number is floored: the attack drives the
+# natural model's top-k intersection to about 0.001, so its damage is capped by its random value,
+# and a defended model's higher random value alone makes it look *more* fragile. The claims now
+# read two quantities that are not floored, image by image against the natural model: the
+# **intersection left after the attack** (defended minus natural) and the **attack/random ratio**
+# (the share of the random baseline's intersection the attack leaves). The old read-out stays in
+# the table, as a description.
+#
+# **Attack strength on the defended models.** Each defended model is attacked again with twice the
+# steps and, separately, from another random stream; per image the strongest of the runs counts.
+# If either moves the mean intersection by more than 0.05, the attack is not shown to be at full
+# strength, and a verdict that the defence helps (what a weak attack would produce) reads
+# inconclusive. The eps curves below cover the defended models too.
 
 # %%
 accuracy_images = cifar_test.sample(1000, seed=seed + 1)
 candidates = {"natural (ReLU)": (natural, surrogate_beta)}
 candidates.update({f"natural, Softplus beta={beta:g}": (model, None) for beta, model in smoothed.items()})
 candidates["FGSM adversarially trained (ReLU)"] = (robust, surrogate_beta)
-damage, rows = {}, []
+TOLERANCE = 0.05  # mean top-k intersection an attack may still move with twice the steps or another stream
+after_attack, after_random, strength, rows = {}, {}, {}, []
 for label, (model, beta) in candidates.items():
     if model is natural:  # attacked above with the same settings on the same images
-        after_random, after_topk = per_image["gradient", "random"]["topk"], per_image["gradient", "topk"]["topk"]
+        random_topk, topk = per_image["gradient", "random"]["topk"], per_image["gradient", "topk"]["topk"]
         largest = ghorbani_table.loc[("gradient", "topk"), "max change (/255)"]
     else:
         clean_map = saliency(gradient_explainer, model, x, labels)
+        left = lambda x_after: maps.topk_intersection(  # noqa: E731
+            clean_map, saliency(gradient_explainer, model, x_after, labels), k)
         noisy, _ = random_sign_noise(model, x, eps=eps, generator=generator())
-        result = attack(model, "topk", x, gradient_explainer, beta)
-        after_random = maps.topk_intersection(clean_map, saliency(gradient_explainer, model, noisy, labels), k)
-        after_topk = maps.topk_intersection(clean_map, saliency(gradient_explainer, model, result.x_adv, labels), k)
-        largest = 255 * pixel_change(model.input_space, x, result.x_adv)["max"].max().item()
-    damage[label] = after_random - after_topk
+        walk = attack(model, "random", x, gradient_explainer, None)
+        random_topk = torch.minimum(left(noisy), left(walk.x_adv))
+        runs = [attack(model, "topk", x, gradient_explainer, beta)]
+        runs.append(ghorbani_attack(model, x, gradient_explainer, objective="topk", eps=eps, alpha=0.5 / 255,
+                                    steps=2 * settings.attack_steps, k=k, surrogate_beta=beta, generator=generator()))
+        runs.append(ghorbani_attack(model, x, gradient_explainer, objective="topk", eps=eps, alpha=0.5 / 255,
+                                    steps=settings.attack_steps, k=k, surrogate_beta=beta,
+                                    generator=torch.Generator(device=run_device).manual_seed(seed + 7)))
+        values = [left(run.x_adv) for run in runs]
+        topk = torch.stack(values).min(0).values  # per image, the strongest run
+        strength[label] = {"twice the steps": abs(float(values[1].mean() - values[0].mean())),
+                           "another stream": abs(float(values[2].mean() - values[0].mean()))}
+        largest = max(255 * pixel_change(model.input_space, x, run.x_adv)["max"].max().item() for run in runs)
+    after_attack[label], after_random[label] = topk, random_topk
     rows.append({"model": label, "test accuracy (1,000)": evaluate(model, accuracy_images, device=run_device),
-                 f"top-{k} after random": after_random.mean().item(), f"top-{k} after topk": after_topk.mean().item(),
-                 "damage beyond random": damage[label].mean().item(), "max change (/255)": largest, "images": len(x)})
+                 f"top-{k} after random": random_topk.mean().item(), f"top-{k} after topk": topk.mean().item(),
+                 "attack / random": (topk / random_topk.clamp(min=1e-6)).mean().item(),
+                 "damage beyond random (floored)": (random_topk - topk).mean().item(),
+                 "moved by 2x steps": strength.get(label, {}).get("twice the steps", float("nan")),
+                 "moved by another stream": strength.get(label, {}).get("another stream", float("nan")),
+                 "max change (/255)": largest, "images": len(x)})
 defence_table = pd.DataFrame(rows).set_index("model")
-defence_table.style.format(precision=3)
+display(defence_table.style.format(precision=3, na_rep="-"))
 
 # %%
 ax = defence_table[[f"top-{k} after random", f"top-{k} after topk"]].plot.barh(figsize=(9, 3.8))
@@ -412,20 +459,44 @@ ax.set_xlim(0, 1)
 plt.tight_layout()
 plt.show()
 
-defence_setting = f"{len(x)} images correct for every model, eps {eps * 255:.0f}/255, {settings.attack_steps} steps"
-natural_damage = damage["natural (ReLU)"]
+
+def defence_parts(label: str) -> dict:
+    """Per image, the defended model minus the natural one: the intersection the attack leaves, and the
+    share of the random baseline's intersection it leaves (neither floored by the natural model's ~0)."""
+    ratio = {m: after_attack[m] / after_random[m].clamp(min=1e-6) for m in ("natural (ReLU)", label)}
+    return {f"{label}: top-{k} left after the attack": (after_attack[label], after_attack["natural (ReLU)"]),
+            f"{label}: attack / random": (ratio[label], ratio["natural (ReLU)"])}
+
+
+def weak_attack(labels_: list[str]) -> str:
+    moved = {label: max(strength[label].values()) for label in labels_}
+    weak = {label: v for label, v in moved.items() if v > TOLERANCE}
+    return "; ".join(f"{label}: a stronger run moved the mean by {v:.3f} (tolerance {TOLERANCE})"
+                     for label, v in weak.items())
+
+
+defence_setting = (f"{len(x)} images correct for every model, eps {eps * 255:.0f}/255, {settings.attack_steps} steps "
+                   f"(and {2 * settings.attack_steps}, and another stream, on the defended models; the strongest run "
+                   f"per image); random baseline per image: the stronger of one-shot and iterated")
+smoothed_labels = [label for label in candidates if "Softplus" in label]
+floored = ("The first publication judged the damage beyond random, which the natural model's near-zero "
+           "intersection floors; the read-outs here are not floored.")
 ledger.test(
     "F1.6", paper="Dombrowski et al. 2019 (beta-smoothing)",
     claim="Replacing ReLU by Softplus with a small beta makes gradient maps less fragile to the top-k attack.",
-    measured="attack damage beyond random noise, natural minus smoothed, per image (same images)",
+    measured="per image, smoothed minus natural: the top-k intersection left after the attack, and the attack / "
+             "random ratio",
     setting=defence_setting + "; accuracy: " + ", ".join(
         f"{label} {defence_table.loc[label, 'test accuracy (1,000)']:.1%}" for label in candidates),
-    parts={label: (natural_damage, damage[label]) for label in candidates if "Softplus" in label})
+    parts={name: part for label in smoothed_labels for name, part in defence_parts(label).items()},
+    below_strength=weak_attack(smoothed_labels), weakness_favours="holds", caveats=[floored])
 ledger.test(
     "F1.7", paper="paper E's baselines (adversarial training)",
     claim="Adversarial training (FGSM with random start) makes gradient maps less fragile to the top-k attack.",
-    measured="attack damage beyond random noise, natural minus adversarially trained, per image (same images)",
-    setting=defence_setting, parts={"lenet_fgsm": (natural_damage, damage["FGSM adversarially trained (ReLU)"])})
+    measured="per image, adversarially trained minus natural: the top-k intersection left after the attack, and "
+             "the attack / random ratio",
+    setting=defence_setting, parts=defence_parts("FGSM adversarially trained (ReLU)"),
+    below_strength=weak_attack(["FGSM adversarially trained (ReLU)"]), weakness_favours="holds", caveats=[floored])
 ledger.table()
 
 # %% [markdown]
