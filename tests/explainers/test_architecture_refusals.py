@@ -53,14 +53,19 @@ def test_a_torchvision_convnext_in_train_mode_is_refused():
         get_explainer("gradient")(model, x, 0)
 
 
-def test_gradcam_and_decoys_refuse_a_vision_transformer_default_layer():
-    """#24 finding 3: on a ViT the default layer was the patch embedding, silently."""
+def tiny_vit(layers: int = 2) -> nn.Module:
     from torchvision.models import VisionTransformer
 
     torch.manual_seed(0)
-    vit = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32,
+    vit = VisionTransformer(image_size=32, patch_size=8, num_layers=layers, num_heads=2, hidden_dim=16, mlp_dim=32,
                             num_classes=5).eval()
     vit.input_space = inputs.IMAGENET
+    return vit
+
+
+def test_gradcam_and_decoys_refuse_a_vision_transformer_default_layer():
+    """#24 finding 3: on a ViT the default layer was the patch embedding, silently."""
+    vit = tiny_vit()
     x = inputs.IMAGENET.normalize(torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)))
     with pytest.raises(ValueError, match="conv_proj.*token-sequence layers.*vision transformer"):
         get_explainer("gradcam")(vit, x, 0)
@@ -115,12 +120,7 @@ def test_lrp_refuses_units_it_has_no_rule_for(activation, name):
 
 
 def test_lrp_refuses_layer_norm_and_attention():
-    torch.manual_seed(0)
-    from torchvision.models import VisionTransformer
-
-    vit = VisionTransformer(image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32,
-                            num_classes=5).eval()
-    vit.input_space = inputs.IMAGENET
+    vit = tiny_vit(layers=1)
     x = inputs.IMAGENET.normalize(torch.rand(1, 3, 32, 32))
     with pytest.raises(ValueError, match="lrp_epsilon has no rule for layer_norm.*attention"):
         get_explainer("lrp_epsilon")(vit, x, 0)
