@@ -105,7 +105,7 @@ SIZES = {
     "smoke": dict(images=8, attack_images=4, robust_images=8, accuracy_images=500, invariance_images=2,
                   frame_steps=5, ghorbani_steps=5, cost_rounds=2, cost_batch=32),
     "book": dict(images=300, attack_images=50, robust_images=200, accuracy_images=10000, invariance_images=16,
-                 frame_steps=100, ghorbani_steps=100, cost_rounds=10, cost_batch=128),
+                 frame_steps=100, ghorbani_steps=100, cost_rounds=30, cost_batch=128),
     "paper": dict(images=2000, attack_images=1000, robust_images=2000, accuracy_images=10000,
                   invariance_images=100, frame_steps=100, ghorbani_steps=300, cost_rounds=30, cost_batch=128),
 }
