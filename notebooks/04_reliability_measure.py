@@ -143,8 +143,14 @@ PAPER = "Valle et al. 2020 (paper C)"
 #   `x' = normalize(denormalize(x) + sigma d)`; sign(g) is the same in both spaces.
 # - **Per-pixel maps are broadcast over the 3 channels** before the L1 normalisation, so
 #   $\sigma$ is the total L1 norm over all $D = 3 \times 32 \times 32 = 3072$ entries. We report
-#   it **per input entry** ($\sigma / D$, the mean |change| per entry, in units of 1/255); the
-#   authors normalised the one-channel map, so their $\sigma$ is ours / 3.
+#   it **per input entry** ($\sigma / D$, the mean |change| per entry, in units of 1/255). The
+#   authors save their map as a 3-channel PNG and read it back, so their L1 also runs over all
+#   $3 \times H \times W$ entries: the budgets are in the same units (their integer bracket,
+#   10,000 on $224 \times 224 \times 3$ inputs, is about $0.066\,D$).
+# - **Shuffles move pixels.** A permutation moves each pixel's value with all its channels, where
+#   the authors shuffle all $3 \times H \times W$ entries of their 3-channel copy independently;
+#   the maps here are one value per pixel, and shuffling their channels apart would turn them into
+#   per-channel maps the method never produced.
 # - **A bisection on a float budget** instead of the authors' integer walk (both are in the
 #   library and agree in its tests): `scan` equally spaced budgets in $[0, \sigma_{max}]$, then
 #   `iterations` halvings of the first cell that flips. The bracket is
