@@ -83,6 +83,7 @@ SIZES = {
 import dataclasses
 import os
 import time
+import warnings
 from functools import partial
 from dataclasses import replace
 from types import SimpleNamespace
@@ -258,7 +259,7 @@ show_positions = [0, P // 2, P - 1]
 decoy_rows = torch.tensor([(first * P + p) * 2 + s for p in show_positions for s in (0, 1)], device=run_device)
 pictures = space.denormalize(clean_decoys.images(x, decoy_rows)).clamp(0, 1)
 fig, axes = plt.subplots(1, len(decoy_rows) + 1, figsize=(1.6 * (len(decoy_rows) + 1), 2.0))
-axes[0].imshow(x01[first].permute(1, 2, 0).cpu())
+axes[0].imshow(x01[first].clamp(0, 1).permute(1, 2, 0).cpu())  # denormalising leaves -3e-8: clamp for imshow
 axes[0].set_title("image", fontsize=8)
 for ax, picture, (p, s) in zip(axes[1:], pictures, [(p, s) for p in show_positions for s in ("+", "-")]):
     ax.imshow(picture.permute(1, 2, 0).cpu())
@@ -777,12 +778,14 @@ for variant, change in VARIANTS.items():
     pair = []
     for xs in (xk[:n_v], xk_adv[:n_v]):
         decoys = make_decoys(natural, xs, **options)
-        pair.append((dance(natural, xs, yk[:n_v], decoys=decoys, postprocess="paper").detach(), decoys))
+        with warnings.catch_warnings():  # the excluded decoys are in the table (column "excluded"), not on stderr
+            warnings.filterwarnings("ignore", message="DANCE: .* never satisfied")
+            pair.append((dance(natural, xs, yk[:n_v], decoys=decoys, postprocess="paper").detach(), decoys))
     (z_clean, d_clean), (z_adv, _) = pair
     sf = saliency_fidelity(natural, xk[:n_v], z_clean, yk[:n_v]).cpu()
     ss = saliency_sensitivity(z_clean, z_adv, x01[:n_v], space.denormalize(xk_adv[:n_v])).cpu()
     knob_rows.append({"variant": variant, "images": n_v, "decoys / image": d_clean.valid[0].numel(),
-                      "satisfied": f"{d_clean.satisfied_fraction:.1%}",
+                      "satisfied": f"{d_clean.satisfied_fraction:.1%}", "excluded": int(d_clean.excluded),
                       "constraint binding": f"{binding_share(d_clean, x01[:n_v]):.1%}",
                       "Spearman with book setting": spearman(z_clean, clean["DANCE(gradient)"][:n_v]).mean().item(),
                       "SF": sf.mean().item(), "SF raw gradient": fidelity["gradient"][:n_v].mean().item(),

@@ -71,3 +71,23 @@ def test_only_worker_zero_writes_the_chapter(chapter, monkeypatch):
     assert len(calls) == 1 and written.exists() and not out.exists()  # executed, written to a throwaway folder
     monkeypatch.setenv("RANK", "0")
     assert run.execute_chapter(notebook, out, "smoke", {"images": "3"}) == out / notebook.name
+
+
+def test_a_chapter_that_prints_to_stderr_is_not_published(chapter, monkeypatch):
+    import papermill
+
+    notebook, out, calls = chapter
+
+    def noisy_execute(path, tmp, parameters, **kw):
+        done = nbformat.read(path, as_version=4)
+        done.cells[0].outputs = [nbformat.v4.new_output("display_data", data={"image/png": "iVBOR"}),
+                                 nbformat.v4.new_output("stream", name="stderr", text="UserWarning: x\n")]
+        done.metadata["papermill"] = {}
+        return done
+
+    monkeypatch.setattr(papermill, "execute_notebook", noisy_execute)
+    with pytest.raises(RuntimeError, match=r"cells \[0\] printed to stderr"):
+        run.execute_chapter(notebook, out, "smoke", {"images": "3"})
+    assert not (out / notebook.name).exists()
+    assert run.stderr_cells({"cells": [{"cell_type": "code", "metadata": {"tags": ["expected-warning"]},
+                                         "outputs": [{"output_type": "stream", "name": "stderr"}]}]}) == []

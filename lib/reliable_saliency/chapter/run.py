@@ -45,6 +45,17 @@ def count_figures(notebook) -> int:
 KERNEL_CELL_FILE = re.compile(r"(?:[A-Za-z]:)?[\\/][^\s:'\"]*ipykernel_\d+[\\/]\d+\.py")
 
 
+EXPECTED_WARNING = "expected-warning"  # tag of a cell whose stderr output is part of what it shows
+
+
+def stderr_cells(notebook) -> list[int]:
+    """Indices of code cells that printed to stderr (a warning, a debug print) without the
+    ``expected-warning`` tag: a published chapter shows none."""
+    return [i for i, cell in enumerate(notebook["cells"]) if cell["cell_type"] == "code"
+            and EXPECTED_WARNING not in cell.get("metadata", {}).get("tags", [])
+            and any(o.get("output_type") == "stream" and o.get("name") == "stderr" for o in cell.get("outputs", []))]
+
+
 def publishable(notebook) -> None:
     """Prepared for the book, in place: the default ``parameters`` cell is removed (the injected
     values stay visible), every other code cell's input is folded behind a toggle unless the cell
@@ -148,6 +159,11 @@ def execute_chapter(notebook: Path, output_dir: Path, profile: str = "smoke",
         figures = count_figures(executed)
         if figures == 0:
             raise no_figure_error(notebook.name)
+        noisy = stderr_cells(executed)
+        if noisy:
+            raise RuntimeError(f"{notebook.name}: cells {noisy} printed to stderr (a warning or a debug print); a "
+                               f"published chapter shows none. Handle or report it in the cell, or tag the cell "
+                               f"'{EXPECTED_WARNING}' if the warning is what it shows")
         # papermill records absolute paths of this machine; the published chapter names files only
         executed.metadata.papermill.update(input_path=notebook.name, output_path=output.name)
         executed.metadata["reliable_saliency"] = {"run_key": key}
