@@ -137,7 +137,7 @@ def test_no_silent_smoke_model_and_no_silent_training(tiny_recipe, capsys):
     with pytest.raises(zoo.NoCheckpointError, match="train=False forbids training"):
         zoo.load_model(tiny_recipe, "smoke", train=False)
     zoo.load_model(tiny_recipe, "smoke", progress=False)
-    notice = capsys.readouterr().err
+    notice = capsys.readouterr().out
     assert "training it now (1 epochs on 32 images, under a minute" in notice and "/" not in notice.split("in the cache")[0]
     zoo.load_model(tiny_recipe, "smoke", progress=False, train=False)  # now cached: no training needed
 

@@ -19,7 +19,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -281,7 +280,7 @@ def before_training(name: str, profile: str, path: Path, *, epochs: int, images:
     minutes = cost * epochs * images / 50_000
     rough = "under a minute" if minutes < 1 else f"roughly {minutes:.0f} min"
     print(f"zoo: {said}: training it now ({epochs} epochs on {images:,} images, {rough} on a 2-core CPU, much "
-          f"less on a GPU; interrupted training resumes).", file=sys.stderr, flush=True)
+          f"less on a GPU; interrupted training resumes).", flush=True)  # stdout: a notice, not a warning
 
 
 def file_sha256(path: Path) -> str:
