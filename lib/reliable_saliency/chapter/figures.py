@@ -61,3 +61,52 @@ def top_pixels(maps: Tensor, k: int) -> Tensor:
     n, h, w = maps.shape
     order = torch.sort(maps.flatten(1), dim=1, descending=True, stable=True).indices[:, :k]
     return torch.zeros(n, h * w, dtype=torch.bool, device=maps.device).scatter_(1, order, True).view(n, h, w)
+
+
+# --- numbered, captioned figures that stay legible in the book's content column ---
+COLUMN_PX = 688  # the content column of the book's theme at a 1280-px window (CSS pixels)
+CSS_PX_PER_INCH = 96  # a figure shown at its natural size prints a 10-pt label at 10 pt
+MIN_TEXT_PT = 9.0  # the smallest text a reader should meet at 100% zoom
+
+
+def smallest_text_pt(fig) -> float:
+    """The size in points of the smallest visible, non-empty text of ``fig`` (inf without text)."""
+    from matplotlib.text import Text
+
+    fig.draw_without_rendering()  # tick labels exist only once the figure is laid out
+    sizes = [t.get_fontsize() for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+    return min(sizes, default=float("inf"))
+
+
+def shown_text_pt(fig, column_px: int = COLUMN_PX) -> float:
+    """The smallest text's size once ``fig`` is shown at most ``column_px`` CSS pixels wide."""
+    natural = fig.get_figwidth() * CSS_PX_PER_INCH
+    return smallest_text_pt(fig) * min(1.0, column_px / natural)
+
+
+def figure_html(fig, label: str, caption: str, anchor: str, dpi: int = 144) -> str:
+    """``fig`` as an HTML ``<figure>`` with ``<figcaption>`` ("Figure 2.3. caption"), shown at its
+    natural width capped at the content column; refuses a figure whose smallest text would shrink
+    below :data:`MIN_TEXT_PT` there (re-lay it out: fewer columns per row, or a narrower figure)."""
+    import base64
+    import html
+    import io
+
+    if not caption or not caption.strip():
+        raise ValueError(f"{label} needs a caption that says what to see in it")
+    shown = shown_text_pt(fig)
+    if shown < MIN_TEXT_PT:
+        raise ValueError(f"{label} is {fig.get_figwidth():.1f} in wide: its smallest text "
+                         f"({smallest_text_pt(fig):.1f} pt) would show at {shown:.1f} pt in the {COLUMN_PX}-px "
+                         f"column, below {MIN_TEXT_PT:g} pt; lay it out narrower (fewer columns per row) "
+                         f"or with larger text")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    natural = round(fig.get_figwidth() * CSS_PX_PER_INCH)
+    data = base64.b64encode(buffer.getvalue()).decode()
+    return (f'<figure class="book-figure" id="{anchor}" style="margin:1em 0">'
+            f'<img src="data:image/png;base64,{data}" alt="{html.escape(label)}: {html.escape(caption)}" '
+            f'width="{natural}" data-natural-width="{natural}" data-text-pt="{smallest_text_pt(fig):.2f}" '
+            f'style="max-width:100%;height:auto">'
+            f'<figcaption><b>{html.escape(label)}.</b> {html.escape(caption)}</figcaption></figure>')

@@ -24,7 +24,8 @@ from .. import data
 from ..claims import Ledger
 from ..core import experiment, workers
 from ..core.store import ResultStore
-from .figures import use_book_style
+from .figures import figure_html, use_book_style
+from .tables import table_html
 from .rerun import RUN_KEY_ENV
 
 __all__ = ["Chapter", "resolve_sizes", "setup", "store_key"]
@@ -46,6 +47,32 @@ class Chapter:
     ledger: Ledger
     data: data.ImageSet
     store: ResultStore
+    figures: int = 0
+    tables: int = 0
+
+    @property
+    def number(self) -> str:
+        """The chapter's number as figures and tables name it ("2" for ``02_relex``)."""
+        head = self.run.chapter.split("_")[0]
+        return str(int(head)) if head.isdigit() else head
+
+    def figure(self, fig, caption: str):
+        """Show ``fig`` as the chapter's next numbered figure with ``caption`` (what to see in it);
+        closes it. Refuses a figure whose text would shrink below 9 pt in the content column."""
+        from IPython.display import HTML, display
+
+        self.figures += 1
+        label = f"Figure {self.number}.{self.figures}"
+        display(HTML(figure_html(fig, label, caption, f"figure-{self.number}-{self.figures}")))
+
+    def table(self, frame, caption: str, **options):
+        """Show ``frame`` as the chapter's next numbered table (options: ``digits``, ``formats``,
+        ``missing``, ``index``; see :func:`~.tables.table_html`)."""
+        from IPython.display import HTML, display
+
+        self.tables += 1
+        label = f"Table {self.number}.{self.tables}"
+        display(HTML(table_html(frame, label, caption, f"table-{self.number}-{self.tables}", **options)))
 
     def generator(self) -> torch.Generator:
         """A fresh generator on the chapter's device, seeded with the chapter's seed."""
@@ -106,9 +133,23 @@ def setup(chapter: str, namespace: dict, sizes: dict | None = None, *, within: d
     store = ResultStore(experiment.cache_dir("results", chapter), store_key(chapter, settings, S, seed))
     ch = Chapter(S, settings, device, seed, run, Ledger(run), test_set, store)
     if show:
-        from IPython.display import Markdown, display
+        from IPython.display import HTML, display
 
-        display(Markdown(f"**Run:** {run.line()}"))
-        if vars(S):
-            display(Markdown("**Sizes:** " + ", ".join(f"`{k}` = {v}" for k, v in vars(S).items())))
+        display(HTML(run_box(run, S)))
     return ch
+
+
+def run_box(run: experiment.Run, S: SimpleNamespace) -> str:
+    """A folded box: the run's profile, device and seed in its title; provenance and every size inside."""
+    import html
+
+    d = run.as_dict()
+    rows = [("data", d["data"]), ("software", f"reliable_saliency {d['library']} (sources {d['sources']}, git "
+                                              f"{d['git']}), torch {d['torch']}, python {d['python']}"),
+            ("threads", d["threads"]), ("started", d["started"])]
+    rows += [(name, value) for name, value in vars(S).items()]
+    body = "".join(f'<tr><td style="text-align:left;padding-right:1em"><code>{html.escape(str(k))}</code></td>'
+                   f'<td style="text-align:left">{html.escape(str(v))}</td></tr>' for k, v in rows)
+    return (f'<details class="run-box"><summary>This run: profile <b>{d["profile"]}</b>, {d["device"]}, seed '
+            f'{d["seed"]} (its sizes and provenance; the rerun box at the end has the command)</summary>'
+            f"<table>{body}</table></details>")

@@ -23,9 +23,22 @@ def _hardware(device: str) -> str:
     return f"CPU {platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
 
 
+DATA_NOTE = {
+    "CIFAR-10": "CIFAR-10: <code>reliable_saliency.data.load_cifar10(download=True)</code> fetches the "
+                "official files into the data root (<code>$RELIABLE_SALIENCY_DATA</code>). The book's numbers "
+                "come from a JPEG copy of CIFAR-10 (quality about 75, mean absolute pixel error about 5/255) "
+                "read offline, so a rerun on the official files gives slightly different numbers.",
+    "ImageNet": "ImageNet: the images are ILSVRC2012 validation images (37, one folder per class) and "
+                "one sample per class, resized to a shorter side of 256; a reader puts any ImageNet "
+                "images in that layout under <code>imagenet-val-37/</code> or <code>imagenet-samples/</code> "
+                "in the data root (ImageNet's terms: research use only).",
+}
+
+
 def rerun_box(run: Run, models: dict[str, nn.Module] | None = None):
     """An HTML box: the exact command that reproduces this run, its wall time, date, hardware,
-    threads, the library sources and the sha256 of every zoo checkpoint in ``models``."""
+    threads, the library sources, the data and how a reader gets it, and the sha256 of every zoo
+    checkpoint in ``models``."""
     from IPython.display import HTML
 
     d = run.as_dict()
@@ -38,6 +51,7 @@ def rerun_box(run: Run, models: dict[str, nn.Module] | None = None):
                      f"torch {d['torch']}, python {d['python']}"),
         ("data, seed", f"{html.escape(d['data'])}, seed {d['seed']}"),
     ]
+    rows += [("getting the data", note) for name, note in DATA_NOTE.items() if name.lower() in d["data"].lower()]
     if os.environ.get(RUN_KEY_ENV):
         rows.append(("run key", f"{html.escape(os.environ[RUN_KEY_ENV])} (source, library, profile and "
                                 f"parameters; <code>make book</code> skips a chapter whose key is unchanged)"))
