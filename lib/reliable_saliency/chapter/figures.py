@@ -78,12 +78,6 @@ def smallest_text_pt(fig) -> float:
     return min(sizes, default=float("inf"))
 
 
-def shown_text_pt(fig, column_px: int = COLUMN_PX) -> float:
-    """The smallest text's size once ``fig`` is shown at most ``column_px`` CSS pixels wide."""
-    natural = fig.get_figwidth() * CSS_PX_PER_INCH
-    return smallest_text_pt(fig) * min(1.0, column_px / natural)
-
-
 def figure_html(fig, label: str, caption: str, anchor: str, dpi: int = 144) -> str:
     """``fig`` as an HTML ``<figure>`` with ``<figcaption>`` ("Figure 2.3. caption"), shown at its
     natural width capped at the content column; refuses a figure whose smallest text would shrink
@@ -94,19 +88,21 @@ def figure_html(fig, label: str, caption: str, anchor: str, dpi: int = 144) -> s
 
     if not caption or not caption.strip():
         raise ValueError(f"{label} needs a caption that says what to see in it")
-    shown = shown_text_pt(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")  # may grow past the figure's own width
+    plt.close(fig)
+    png = buffer.getvalue()
+    natural = round(int.from_bytes(png[16:20], "big") / dpi * CSS_PX_PER_INCH)  # the PNG header's width
+    smallest = smallest_text_pt(fig)
+    shown = smallest * min(1.0, COLUMN_PX / natural)
     if shown < MIN_TEXT_PT:
-        raise ValueError(f"{label} is {fig.get_figwidth():.1f} in wide: its smallest text "
-                         f"({smallest_text_pt(fig):.1f} pt) would show at {shown:.1f} pt in the {COLUMN_PX}-px "
+        raise ValueError(f"{label} is {natural / CSS_PX_PER_INCH:.1f} in wide as saved: its smallest text "
+                         f"({smallest:.1f} pt) would show at {shown:.1f} pt in the {COLUMN_PX}-px "
                          f"column, below {MIN_TEXT_PT:g} pt; lay it out narrower (fewer columns per row) "
                          f"or with larger text")
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    natural = round(fig.get_figwidth() * CSS_PX_PER_INCH)
-    data = base64.b64encode(buffer.getvalue()).decode()
+    data = base64.b64encode(png).decode()
     return (f'<figure class="book-figure" id="{anchor}" style="margin:1em 0">'
             f'<img src="data:image/png;base64,{data}" alt="{html.escape(label)}: {html.escape(caption)}" '
-            f'width="{natural}" data-natural-width="{natural}" data-text-pt="{smallest_text_pt(fig):.2f}" '
+            f'width="{natural}" data-natural-width="{natural}" data-text-pt="{smallest:.2f}" '
             f'style="max-width:100%;height:auto">'
             f'<figcaption><b>{html.escape(label)}.</b> {html.escape(caption)}</figcaption></figure>')
