@@ -104,6 +104,9 @@ def test_run_helpers():
     assert claims_dir_for(__import__("pathlib").Path("/a/book/chapters")).as_posix() == "/a/book/claims"
     notebook = {"cells": [{"outputs": [{"data": {"image/png": "..."}}]}, {"outputs": []}]}
     assert count_figures(notebook) == 1
+    kit_figure = {"data": {"text/html": ['<figure class="book-figure" id="figure-1-1">', "</figure>"]}}
+    notebook["cells"].append({"outputs": [kit_figure, {"data": {"text/html": "<table></table>"}}]})
+    assert count_figures(notebook) == 2
 
 
 def test_publishable_folds_code_and_removes_default_parameters():

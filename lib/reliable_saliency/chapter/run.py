@@ -35,10 +35,12 @@ def claims_dir_for(chapters_dir: Path) -> Path:
 
 
 def count_figures(notebook) -> int:
-    """PNG figures among a notebook's outputs; every chapter draws some, so none means a broken
-    plotting backend (a non-inline MPLBACKEND)."""
-    return sum("image/png" in output.get("data", {})
-               for cell in notebook["cells"] for output in cell.get("outputs", []))
+    """Figures among a notebook's outputs (the kit's captioned figures and bare PNG outputs); every
+    chapter draws some, so none means a broken plotting backend (a non-inline MPLBACKEND)."""
+    def is_figure(data: dict) -> bool:
+        html = data.get("text/html", "")
+        return "image/png" in data or 'class="book-figure"' in ("".join(html) if isinstance(html, list) else html)
+    return sum(is_figure(output.get("data", {})) for cell in notebook["cells"] for output in cell.get("outputs", []))
 
 
 # the kernel's temporary file of a cell, as a warning raised from the cell names it
