@@ -72,20 +72,26 @@ datasets = {
     "ImageNet val-37": data.load_imagenet("val-37"),
     "synthetic shapes": data.make_synthetic(n=1000, seed=seed),
 }
-pd.DataFrame(
-    [{"dataset": name, "images": len(s), "shape": tuple(s.images.shape[1:]), "classes": len(s.classes),
+ch.table(pd.DataFrame(
+    [{"dataset": name, "images": len(s), "shape": " x ".join(map(str, s.images.shape[1:])), "classes": len(s.classes),
       "source": s.source} for name, s in datasets.items()]
-).set_index("dataset")
+).set_index("dataset"), "The datasets the book reads: how many images, their shape (channels x height x width), "
+                        "the number of classes and where the copy used here comes from.")
 
 # %%
-fig, axes = plt.subplots(len(datasets), 8, figsize=(13, 1.8 * len(datasets)))
+SHORT = {"CIFAR-10 train": "CIFAR train", "CIFAR-10 test": "CIFAR test", "CIFAR-10 lossless test subset": "lossless",
+         "MNIST test": "MNIST", "ImageNet samples": "ImageNet", "ImageNet val-37": "ImageNet val",
+         "synthetic shapes": "shapes"}  # row labels short enough for the column
+fig, axes = plt.subplots(len(datasets), 5, figsize=(6.2, 1.45 * len(datasets)))
 for row, (name, dataset) in zip(axes, datasets.items()):
-    picked = dataset.sample(8, seed=seed)
+    picked = dataset.sample(5, seed=seed)
     for ax, image, label in zip(row, picked.images, picked.labels):
-        show(ax, image.float() / 255, picked.classes[label][:14])
-    row[0].set_ylabel(name, rotation=0, ha="right", va="center")
-plt.tight_layout()
-plt.show()
+        show(ax, image.float() / 255)
+        ax.set_title(picked.classes[label][:12], fontsize=10)
+    row[0].set_ylabel(SHORT[name], rotation=0, ha="right", va="center", fontsize=10.5)
+fig.tight_layout()
+ch.figure(fig, "Five images of each dataset with their class names (ImageNet classes cut to 12 letters). The CIFAR "
+               "rows are the JPEG copy the book's numbers come from; the lossless row holds exact pixels for checks.")
 
 # %% [markdown]
 # The synthetic set is the one dataset with known relevant pixels: the label is the shape
@@ -94,15 +100,17 @@ plt.show()
 
 # %%
 shapes = datasets["synthetic shapes"].sample(6, seed=seed)
-fig, axes = plt.subplots(1, 6, figsize=(12, 2.2))
-for ax, image, box, mask, label in zip(axes, shapes.images, shapes.boxes, shapes.masks, shapes.labels):
+fig, axes = plt.subplots(2, 3, figsize=(6, 4.4))
+for ax, image, box, mask, label in zip(axes.flat, shapes.images, shapes.boxes, shapes.masks, shapes.labels):
     ax.imshow(image.permute(1, 2, 0))
     ax.contour(mask.float(), levels=[0.5], colors="white", linewidths=0.8)
     y0, x0, y1, x1 = box.tolist()
     ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, color="red", lw=1))
     ax.set_title(shapes.classes[label])
     ax.axis("off")
-plt.show()
+fig.tight_layout()
+ch.figure(fig, "Six synthetic images: the object's mask (white outline) and bounding box (red) are known exactly, "
+               "which is what a localisation check needs.")
 
 # %% [markdown]
 # ## The book's CIFAR-10 models
@@ -156,10 +164,14 @@ for name in models:
             model, datasets["CIFAR-10 lossless test subset"], device=run_device).float().mean().item(),
         f"PGD-{settings.pgd_steps} accuracy ({len(attacked)} test)": pgd_correct[name].mean().item(),
         f"PGD-{strong_steps} x {restarts} restarts accuracy": strong_correct[name].mean().item(),
-        "seconds here": round(time.perf_counter() - started, 1),
     })
 accuracy_table = pd.DataFrame(rows).set_index("model")
-accuracy_table
+ch.table(accuracy_table.iloc[:, :4], "How each model was trained: the recipe, the training images, epochs and the "
+                                     "minutes it took when its checkpoint was made.", formats={"train minutes": "{:.1f}"})
+ch.table(accuracy_table.iloc[:, 4:], f"Accuracy on clean test images (the JPEG copy and the 300 exact-pixel images) "
+                                     f"and under PGD at eps {pgd_eps * 255:.0f}/255, the profile's attack and the "
+                                     f"stronger one with restarts that the robustness check uses.",
+         formats={c: "{:.1%}" for c in accuracy_table.columns[4:]})
 
 # %%
 pgd_column, strong_column = [c for c in accuracy_table.columns if c.startswith("PGD")]
@@ -168,11 +180,11 @@ long = accuracy_table[[clean_column, pgd_column, strong_column]].rename(
     columns={clean_column: "clean", pgd_column: f"PGD-{settings.pgd_steps}",
              strong_column: f"PGD-{strong_steps} x {restarts}"}
 ).reset_index().melt(id_vars="model", var_name="evaluation", value_name="accuracy")
-plt.figure(figsize=(7, 3.5))
-sns.barplot(long, x="model", y="accuracy", hue="evaluation")
-plt.ylim(0, 1)
-plt.title(f"CIFAR-10 accuracy, PGD at eps {pgd_eps * 255:.0f}/255 ({settings.name} profile)")
-plt.show()
+fig, ax = plt.subplots(figsize=(6.5, 3.5))
+sns.barplot(long, x="model", y="accuracy", hue="evaluation", ax=ax)
+ax.set_ylim(0, 1)
+ch.figure(fig, f"CIFAR-10 accuracy of the book's models, clean and under PGD at eps {pgd_eps * 255:.0f}/255: the "
+               "FGSM-trained LeNet gives up clean accuracy for accuracy under attack.")
 
 # %% [markdown]
 # ### Checks on the models
@@ -198,16 +210,16 @@ ledger.test(
              f"{(pgd_correct['lenet_fgsm'] - pgd_correct['lenet_natural']).mean():.3f}"),
     parts={"lenet_fgsm - lenet_natural": (strong_correct["lenet_fgsm"], strong_correct["lenet_natural"])},
     threshold=0.10)
-ledger.table()
+display(Markdown(ledger.line("B0.1") + "\n\n" + ledger.line("B0.2")))
 
 # %% [markdown]
 # A few attacked test images with the predictions of both models, clean and under PGD:
 
 # %%
-shown = attacked.subset(slice(0, settings.figure_images))
+columns = min(4, settings.figure_images)
+shown = attacked.subset(slice(0, columns))
 x = shown.normalized(run_device)
-fig, axes = plt.subplots(len(models), settings.figure_images, figsize=(2 * settings.figure_images, 2.4 * len(models)),
-                         squeeze=False)
+fig, axes = plt.subplots(len(models), columns, figsize=(1.55 * columns, 2.3 * len(models)), squeeze=False)
 for row, name in zip(axes, models):
     model = trained[name]
     x_adv = pgd(model, x, shown.labels.to(run_device), pgd_eps, steps=settings.pgd_steps,
@@ -216,10 +228,12 @@ for row, name in zip(axes, models):
         clean_pred, adv_pred = model(x).argmax(1).cpu(), model(x_adv).argmax(1).cpu()
     for ax, image, label, c, a in zip(row, inputs.CIFAR10.denormalize(x_adv).cpu(), shown.labels, clean_pred, adv_pred):
         show(ax, image, f"true {shown.classes[label]}\nclean {shown.classes[c]}\nPGD {shown.classes[a]}")
-        ax.title.set_fontsize(9)
-    row[0].set_ylabel(name, rotation=0, ha="right", va="center")
-plt.tight_layout()
-plt.show()
+        ax.title.set_fontsize(9.5)
+    row[0].set_ylabel(name.removeprefix("lenet_"), rotation=0, ha="right", va="center", fontsize=10.5)
+fig.tight_layout()
+ch.figure(fig, f"PGD images (eps {pgd_eps * 255:.0f}/255) of the natural (top) and FGSM-trained (bottom) LeNet, with "
+               "the true class and the predictions on the clean and on the attacked image: the perturbation is hard "
+               "to see, yet it changes the natural model's answers.")
 
 # %% [markdown]
 # ## The offline ImageNet classifier
@@ -258,7 +272,8 @@ for set_name, images in imagenet_sets.items():
         rows.append({"images": set_name, "input scaling": space.name, "top-1": top1.mean().item(),
                      "top-5": top5.mean().item()})
 imagenet_table = pd.DataFrame(rows).set_index(["images", "input scaling"])
-imagenet_table
+ch.table(imagenet_table, "EfficientNet-Lite0's top-1 and top-5 accuracy on the bundled ImageNet images with its own "
+                         "input scaling and with the usual mean/std scaling.", formats={"top-1": "{:.1%}", "top-5": "{:.1%}"})
 
 # %%
 samples = next(iter(imagenet_sets))
@@ -278,7 +293,7 @@ ledger.test(
     parts={f"sample images ({len(own)})": (own, usual), f"validation images ({len(val_own)})": (val_own, val_usual)},
     caveats=["The sample images are one per class and probably easy ones; the validation images are the part that "
              "generalises (the first publication of this chapter tested the sample images alone)."])
-ledger.table()
+display(Markdown(ledger.line("B0.3") + "\n\n" + ledger.line("B0.4")))
 
 # %% [markdown]
 # ## What this chapter found
@@ -287,6 +302,14 @@ ledger.table()
 # and gathered on the "Verdicts at a glance" page).
 
 # %%
+said = {c.id: c.verdict for c in ledger.claims}
+ledger.bottom_line(
+    f"The book's two CIFAR-10 LeNets are what the later chapters need: the natural one reaches "
+    f"{clean_correct['lenet_natural'].mean():.1%} test accuracy (B0.1 {said['B0.1']}), and the FGSM-trained one is "
+    f"{(strong_correct['lenet_fgsm'] - strong_correct['lenet_natural']).mean() * 100:.0f} points more accurate under "
+    f"the stronger PGD (B0.2 {said['B0.2']}). The offline EfficientNet-Lite0 reaches {own.mean():.0%} top-1 on the "
+    f"ImageNet sample images (B0.3 {said['B0.3']}); whether its own input scaling beats the usual one on genuine "
+    f"validation images too (B0.4) is {said['B0.4']}.")
 ledger.save()
 display(Markdown(ledger.summary(items=False)))
 display(ledger.cards())
