@@ -35,7 +35,8 @@ def _annotation(parameter: inspect.Parameter) -> str:
 def _table(head: list[str], rows: list[list[str]]) -> str:
     cells = lambda row, tag: "".join(f"<{tag} style=\"text-align:left;vertical-align:top\">{c}</{tag}>" for c in row)  # noqa: E731
     body = "".join(f"<tr>{cells(r, 'td')}</tr>" for r in rows)
-    return f'<table class="api-table"><thead><tr>{cells(head, "th")}</tr></thead><tbody>{body}</tbody></table>'
+    return (f'<div style="overflow-x:auto"><table class="api-table"><thead><tr>{cells(head, "th")}</tr></thead>'
+            f"<tbody>{body}</tbody></table></div>")  # scrolls on a phone instead of widening the page
 
 
 def _explainers() -> str:
