@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from reliable_saliency.chapter import figures, selection, verdicts_page
-from reliable_saliency.chapter.run import claims_dir_for, count_figures
+from reliable_saliency.chapter.run import claims_dir_for, count_figures, uncaptioned_cells
 from reliable_saliency.core.inputs import SYNTHETIC
 from reliable_saliency.data import make_synthetic
 
@@ -107,6 +107,9 @@ def test_run_helpers():
     kit_figure = {"data": {"text/html": ['<figure class="book-figure" id="figure-1-1">', "</figure>"]}}
     notebook["cells"].append({"outputs": [kit_figure, {"data": {"text/html": "<table></table>"}}]})
     assert count_figures(notebook) == 2
+    for cell in notebook["cells"]:
+        cell["cell_type"] = "code"
+    assert uncaptioned_cells(notebook) == [0]  # the bare PNG, not the kit's figure
 
 
 def test_publishable_folds_code_and_removes_default_parameters():

@@ -58,6 +58,13 @@ def stderr_cells(notebook) -> list[int]:
             and any(o.get("output_type") == "stream" and o.get("name") == "stderr" for o in cell.get("outputs", []))]
 
 
+def uncaptioned_cells(notebook) -> list[int]:
+    """Indices of code cells that show a bare image (a figure not passed through ``ch.figure``):
+    a published figure has a number and a caption."""
+    return [i for i, cell in enumerate(notebook["cells"]) if cell["cell_type"] == "code"
+            and any("image/png" in o.get("data", {}) for o in cell.get("outputs", []))]
+
+
 def publishable(notebook) -> None:
     """Prepared for the book, in place: the default ``parameters`` cell is removed (the injected
     values stay visible), every other code cell's input is folded behind a toggle unless the cell
@@ -161,6 +168,11 @@ def execute_chapter(notebook: Path, output_dir: Path, profile: str = "smoke",
         figures = count_figures(executed)
         if figures == 0:
             raise no_figure_error(notebook.name)
+        bare = uncaptioned_cells(executed)
+        if bare:
+            raise RuntimeError(f"{notebook.name}: cells {bare} show a figure without number or caption; show it with "
+                               f"ch.figure(fig, caption) (reliable_saliency.chapter.kit), and close figures you do "
+                               f"not show (plt.close)")
         noisy = stderr_cells(executed)
         if noisy:
             raise RuntimeError(f"{notebook.name}: cells {noisy} printed to stderr (a warning or a debug print); a "
