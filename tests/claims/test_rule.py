@@ -75,9 +75,9 @@ def test_a_ceiling_has_no_power():
 def test_underpowered_parts_never_decide():
     claim = claim_of({"3 values": sample(0.5, n=3), "12 values": sample(0.5, n=12)})
     assert claim.verdict == "inconclusive" and claim.qualifier == UNDERPOWERED
-    assert "2 underpowered (n < 30)" in claim.verdict_text
+    assert "underpowered (2 parts under n = 30)" in claim.verdict_text
     claim = claim_of({"big": sample(0.5), "small, against": sample(-0.5, n=6)})
-    assert claim.verdict == "holds" and "1 underpowered (n < 30), not counted" in claim.verdict_text
+    assert claim.verdict == "holds" and "1 part under n = 30, not counted" in claim.verdict_text
     with pytest.raises(ValueError, match="min_n_reason"):
         claim_of({"a": sample(0.5, n=10)}, min_n=10)
     assert claim_of({"a": sample(0.5, n=10)}, min_n=10, min_n_reason="ten images exist").verdict == "holds"

@@ -159,8 +159,9 @@ def verdict_text(verdict: str, qualifier: str, counts: dict, combine: str, min_n
     if combine == "main" and powered:
         said = [{"holds": "the main part for", "does not hold": "the main part against"}.get(
             verdict, "the main part inconclusive")]
-    unpowered = [f"{counts['underpowered']} underpowered (n < {min_n})" if counts["underpowered"] else "",
-                 f"{counts['no power']} without power (every value equal)" if counts["no power"] else ""]
+    plural = lambda n: f"{n} part{'s' * (n > 1)}"  # noqa: E731
+    unpowered = [f"{plural(counts['underpowered'])} under n = {min_n}" if counts["underpowered"] else "",
+                 f"{plural(counts['no power'])} with every value equal" if counts["no power"] else ""]
     unpowered = [u for u in unpowered if u]
     if unpowered:
         said.append(", ".join(unpowered) + (", not counted" if powered else ""))
