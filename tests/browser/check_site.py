@@ -64,7 +64,7 @@ KNOWN_JS_ERRORS = {
     "Identifier 'THEBE_JS_URL' has already been declared":
         "sphinx-thebe 0.3.1 on Sphinx 7.4 adds its inline config script twice; the first copy runs",
 }
-PHONE_PAGES = ("book/intro.html",)  # screenshots at phone width (and of every page with a problem there)
+PHONE_PAGES = ("book/intro.html", "book/verdicts.html")  # screenshots at phone width (and of every page with a problem there)
 # The kinds of problem, each a word for ``--allow KIND`` (spaces or hyphens): the first seven need
 # only the files; the browser adds "failed resource", "js error", the layout ones, the search ones.
 KINDS = ("broken image", "broken link", "missing anchor", "error cell", "claim link", "uncaptioned figure",
@@ -286,6 +286,9 @@ def browser_check(site: Path, screenshots: Path | None, searches: list[str], log
                     name = f"search-{''.join(c if c.isalnum() else '_' for c in term)}.html" if term else page
                     w, h = browser.screenshot(screenshots / _shot_name(name, width))
                     note += f", screenshot {w}x{h}"
+                    if page == "book/verdicts.html" and width == WIDE:  # one claim card on its own
+                        card = browser.screenshot_element("div.claim-card", screenshots / "claim-card.png")
+                        note += f", claim card {card[0]}x{card[1]}" if card else ", no claim card to photograph"
                 where = page + (f" at {width} px" if width != WIDE else "") + (f" ?q={term}" if term else "")
                 log(f"  {where}: {note}{f', {len(found)} problems' if found else ''} ({time.perf_counter() - started:.1f} s)")
     finally:

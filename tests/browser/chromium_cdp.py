@@ -219,3 +219,18 @@ class Browser:
         with open(path, "wb") as out:
             out.write(base64.b64decode(png))
         return width, height
+
+    def screenshot_element(self, selector: str, path) -> tuple[int, int] | None:
+        """A PNG of the first element matching ``selector`` (CSS size returned), or None if there is none."""
+        box = self.evaluate(f"(() => {{ const e = document.querySelector({selector!r}); if (!e) return null; "
+                            "const r = e.getBoundingClientRect(); return [r.left + scrollX, r.top + scrollY, "
+                            "r.width, r.height]; })()")
+        if not box:
+            return None
+        x, y, width, height = box
+        png = self.send("Page.captureScreenshot", {
+            "format": "png", "captureBeyondViewport": True,
+            "clip": {"x": x, "y": y, "width": width, "height": height, "scale": 1}})["data"]
+        with open(path, "wb") as out:
+            out.write(base64.b64decode(png))
+        return int(width), int(height)

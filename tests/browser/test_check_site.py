@@ -207,8 +207,8 @@ def test_browser_run_passes_a_clean_site_and_reports_planted_faults(tmp_path):
     shots = tmp_path / "shots"
     assert check_site.browser_check(site, shots, ["Ghorbani"], log=lambda s: None) == []
     assert sorted(p.name for p in shots.iterdir()) == [
-        "book__chapters__ch.png", "book__intro.phone-390px.png", "book__intro.png", "book__verdicts.png",
-        "search-Ghorbani.png", "search.png"]  # the index only redirects: no screenshot of its own
+        "book__chapters__ch.png", "book__intro.phone-390px.png", "book__intro.png", "book__verdicts.phone-390px.png",
+        "book__verdicts.png", "claim-card.png", "search-Ghorbani.png", "search.png"]  # the index only redirects: no screenshot of its own
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in shots.iterdir())
 
     # faults only a browser sees: an image file that does not decode, a JavaScript exception, a
