@@ -73,15 +73,15 @@ loop_images: int | None = None  # [1, 10000] first main images of the batched-ve
 # grid sets the price: stride 8 gives 25 positions (50 decoys, about 700 passes) per image, stride 1 900
 # (1,800 decoys, about 26,000 passes, 18 s). Per main image, all maps on the clean, the noisy and the three
 # attacked copies cost about 9,000 passes (6 s); an attack aimed at DANCE about 6,000 passes per objective
-# plus a decoy solve every `recompute_every` steps. Book estimate (from the last book run's section times):
-# main 100 images 11 min, attacks aimed at SmoothGrad / IG 6 min, attacks aimed at DANCE 9 min, knobs 7 min,
-# the rest 3 min: about 36 minutes.
+# plus a decoy solve every `recompute_every` steps (about 8 s per image and objective). Book estimate (from the
+# last book run's section times): main 100 images 11 min, attacks aimed at SmoothGrad / IG 6 min, attacks aimed
+# at DANCE 13 min, knobs 8 min (stride 1 on 4 images: 2.5 min), the rest 2 min: about 40 minutes.
 SIZES = {
     "smoke": dict(main_images=6, stride=16, decoy_steps=3, sg_samples=2, ig_steps=2, attack_steps=2, recompute_every=1,
                   auc_steps=8, direct_images=2, adaptive_images=2, knob_images=2, dense_strides=[8, 4], dense_images=1,
                   imagenet_images=1, imagenet_stride=112, loop_images=2),
     "book": dict(main_images=100, stride=8, decoy_steps=10, sg_samples=8, ig_steps=8, attack_steps=40, recompute_every=10,
-                 auc_steps=16, direct_images=30, adaptive_images=30, knob_images=30, dense_strides=[3, 1], dense_images=6,
+                 auc_steps=16, direct_images=30, adaptive_images=30, knob_images=30, dense_strides=[3, 1], dense_images=4,
                  imagenet_images=2, imagenet_stride=48, loop_images=4),
     "paper": dict(main_images=1000, stride=3, decoy_steps=20, sg_samples=50, ig_steps=50, attack_steps=100,
                   recompute_every=5, auc_steps=32, direct_images=200, adaptive_images=100, knob_images=100,
