@@ -112,7 +112,7 @@ SIZES = {
                  ig_steps=100, pgd_steps=40, sweep_eps=[0.07, 0.1, 0.3, 1.0, 2.0, 4.0, 8.0],
                  ghorbani_steps=100, adaptive_steps=40, adaptive_unroll=[(2, 2), (5, 2)], adaptive_detached=(50, 1),
                  lambda1_values=[1e-3, 2e-2], imagenet_images=4, imagenet_clean_images=2, imagenet_relex=(50, 50),
-                 imagenet_sweep=[(20, 5), (50, 5), (50, 10), (50, 20)], imagenet_sweep_images=2,
+                 imagenet_sweep=[(20, 5), (50, 5), (50, 20)], imagenet_sweep_images=2,
                  imagenet_baselines=(20, 32), loop_images=2),
     "paper": dict(main_images=1000, sweep_images=200, transfer_images=200, check_images=50, same_seed_images=200,
                   attack_images=100, relex_iterations=50, relex_samples=50, reduced_samples=10, sg_samples=50,
@@ -366,7 +366,8 @@ ch.table(summary, f"Retrieval of the clean class, without an attack (eps 0: clea
          f"over the images whose prediction PGD changed: "
          + ", ".join(f"{fooled_share[m]:.0%} for the {m}" for m in MODELS)
          + "). RelEx optimises its mask to keep the clean class, so its retrieval at eps 0 is high by "
-         "construction; the baselines' maps are not optimised for it.", missing="no image was fooled")
+         "construction; the baselines' maps are not optimised for it.", missing="no image was fooled",
+         formats={"images": "{:,.0f}"})
 
 
 # %%
@@ -1162,7 +1163,8 @@ by_setting = imagenet_sweep.groupby("setting", sort=False)["masked p"].min()
 holding = [s for s in by_setting.index if (by_setting.loc[s:] > 0.5).all()]  # from here on, every image above 0.5
 stops = holding[0] if holding else None
 ch.table(imagenet_sweep.set_index(["setting", "image"]), f"RelEx on the first {n_sw} PGD images at cheaper "
-         "settings (iterations x copies) up to the profile's own, in the order of their cost.", digits=3)
+         "settings (iterations x copies) up to the profile's own, in the order of their cost.", digits=3,
+         formats={"image-passes": "{:,.0f}"})
 fig, axes = plt.subplots(1, 2, figsize=(7, 3.2), sharex=True)
 for i, part in imagenet_sweep.groupby("image"):
     axes[0].plot(part["image-passes"], part["masked p"], marker="o", label=f"image {i}")
@@ -1233,7 +1235,7 @@ rows = [
      "seconds": loop_clock.seconds, "passes": loop_clock.passes},
     {"configuration": f"bound: {passes_per_image} passes x {per_pass * 1e3:.3f} ms (batch {best_batch})", "images": 1,
      "seconds": passes_per_image * per_pass, "passes": passes_per_image},
-    *({"configuration": f"{method}, {model_name}, {t['images']} maps (clean and PGD)", **t} for (method, model_name), t in
+    *({"configuration": f"{method}, {model_name}, {int(t['images'])} maps (clean and PGD)", **t} for (method, model_name), t in
       pd.DataFrame(timings).groupby(["method", "model"], sort=False)[["images", "seconds", "passes"]].sum().iterrows()),
     {"configuration": f"{RELEX_IMAGENET}, EfficientNet-Lite0, {n_i} PGD images", "images": n_i,
      "seconds": masks_imagenet["PGD"][1].seconds, "passes": masks_imagenet["PGD"][1].passes},
@@ -1248,7 +1250,8 @@ speed["x bound"] = (speed["s / image"] / (speed["passes / image"] * per_pass)).w
 ch.table(speed, f"Seconds and model passes per explained image ({torch.get_num_threads()} torch threads, load average "
          f"{load_before[0]:.1f} before and {os.getloadavg()[0]:.1f} after); 'x bound' divides by the best LeNet pass "
          f"time. The one-at-a-time loop and the batched call give masks that differ by at most {gap.max():.1e}.",
-         missing="the bound is a LeNet pass time; it does not apply to EfficientNet-Lite0")
+         missing="the bound is a LeNet pass time; it does not apply to EfficientNet-Lite0",
+         formats={"images": "{:,.0f}", "passes": "{:,.0f}", "passes / image": "{:,.0f}"})
 if untimed:
     display(Markdown("Read from the result store of an earlier, interrupted run, so not timed here: "
                      + "; ".join(untimed) + "."))
