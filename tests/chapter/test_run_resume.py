@@ -8,6 +8,8 @@ import pytest
 
 from reliable_saliency.chapter import run
 
+KIT_FIGURE = '<figure class="book-figure" id="figure-9-1"><img src="data:image/png;base64,iVBOR"><figcaption>c</figcaption></figure>'
+
 SOURCE = '''# %% [markdown]
 # # 7. A small chapter
 
@@ -31,7 +33,7 @@ def chapter(tmp_path, monkeypatch):
     def fake_execute(path, out, parameters, **kw):
         calls.append(parameters)
         done = nbformat.read(path, as_version=4)
-        done.cells[0].outputs = [nbformat.v4.new_output("display_data", data={"image/png": "iVBOR"})]
+        done.cells[0].outputs = [nbformat.v4.new_output("display_data", data={"text/html": KIT_FIGURE})]
         done.metadata["papermill"] = {}
         return done
 
@@ -80,7 +82,7 @@ def test_a_chapter_that_prints_to_stderr_is_not_published(chapter, monkeypatch):
 
     def noisy_execute(path, tmp, parameters, **kw):
         done = nbformat.read(path, as_version=4)
-        done.cells[0].outputs = [nbformat.v4.new_output("display_data", data={"image/png": "iVBOR"}),
+        done.cells[0].outputs = [nbformat.v4.new_output("display_data", data={"text/html": KIT_FIGURE}),
                                  nbformat.v4.new_output("stream", name="stderr", text="UserWarning: x\n")]
         done.metadata["papermill"] = {}
         return done
@@ -91,3 +93,14 @@ def test_a_chapter_that_prints_to_stderr_is_not_published(chapter, monkeypatch):
     assert not (out / notebook.name).exists()
     assert run.stderr_cells({"cells": [{"cell_type": "code", "metadata": {"tags": ["expected-warning"]},
                                          "outputs": [{"output_type": "stream", "name": "stderr"}]}]}) == []
+
+    def bare_figure(path, tmp, parameters, **kw):
+        done = nbformat.read(path, as_version=4)
+        done.cells[0].outputs = [nbformat.v4.new_output("display_data", data={"image/png": "iVBOR"})]
+        done.metadata["papermill"] = {}
+        return done
+
+    monkeypatch.setattr(papermill, "execute_notebook", bare_figure)
+    with pytest.raises(RuntimeError, match=r"cells \[0\] show a figure without number or caption"):
+        run.execute_chapter(notebook, out, "smoke", {"images": "3"})
+    assert not (out / notebook.name).exists()
