@@ -67,7 +67,7 @@ imagenet_stride: int | None = None  # [1, ...] patch stride on 224 x 224 ImageNe
 loop_images: int | None = None  # [1, 10000] first main images of the batched-versus-loop timing
 
 # %%
-# Sizes per profile. `book` must run in about 40 minutes on a 2-core CPU. A forward + input-gradient pass
+# Sizes per profile. `book` runs in about an hour on a 2-core CPU (resumable: every heavy step is stored). A forward + input-gradient pass
 # of the LeNet costs about 0.7 ms per image there; a decoy costs `decoy_steps` such passes (up to the layer)
 # plus 2-4 checks, and the base explainer on it 1 (gradient), `sg_samples` or `ig_steps` passes, so the patch
 # grid sets the price: stride 8 gives 25 positions (50 decoys, about 700 passes) per image, stride 1 900
@@ -75,13 +75,14 @@ loop_images: int | None = None  # [1, 10000] first main images of the batched-ve
 # attacked copies cost about 9,000 passes (6 s); an attack aimed at DANCE about 6,000 passes per objective
 # plus a decoy solve every `recompute_every` steps (about 8 s per image and objective). Book estimate (from the
 # last book run's section times): main 100 images 11 min, attacks aimed at SmoothGrad / IG 6 min, attacks aimed
-# at DANCE 13 min, knobs 8 min (stride 1 on 4 images: 2.5 min), the rest 2 min: about 40 minutes.
+# at DANCE 13 min, knobs 8 min plus stride 1 on 30 images (clean and attacked: about 18 min), the rest 2 min:
+# about 60 minutes.
 SIZES = {
     "smoke": dict(main_images=6, stride=16, decoy_steps=3, sg_samples=2, ig_steps=2, attack_steps=2, recompute_every=1,
                   auc_steps=8, direct_images=2, adaptive_images=2, knob_images=2, dense_strides=[8, 4], dense_images=1,
                   imagenet_images=1, imagenet_stride=112, loop_images=2),
     "book": dict(main_images=100, stride=8, decoy_steps=10, sg_samples=8, ig_steps=8, attack_steps=40, recompute_every=10,
-                 auc_steps=16, direct_images=30, adaptive_images=30, knob_images=30, dense_strides=[3, 1], dense_images=4,
+                 auc_steps=16, direct_images=30, adaptive_images=30, knob_images=30, dense_strides=[3, 1], dense_images=30,
                  imagenet_images=2, imagenet_stride=48, loop_images=4),
     "paper": dict(main_images=1000, stride=3, decoy_steps=20, sg_samples=50, ig_steps=50, attack_steps=100,
                   recompute_every=5, auc_steps=32, direct_images=200, adaptive_images=100, knob_images=100,
@@ -934,8 +935,8 @@ display(Markdown("  \n".join(ledger.line(i) for i in ("B3.7", "B3.8", "B3.9"))))
 # The random control and the blur are not needed here: every variant is the same method on the
 # same images, compared with its own default; the blurred gradient's SS on these images is shown
 # for scale. The densest grid, stride 1 (1,800 decoys per image, 36 times the book setting's
-# cost), runs on the first `dense_images` images only: its parts are shown but, under 30 images,
-# do not decide.
+# cost), runs on the first `dense_images` images only (30 at `book`); under 30 images its parts are
+# shown but do not decide.
 
 # %%
 started = time.perf_counter()
