@@ -35,7 +35,8 @@
 # FGSM-trained, chapter 0), for the six methods the authors compared plus RelEx (chapter 2), and on
 # one ImageNet image at `book`; it checks that maps which know nothing about the model (a random map, an
 # edge detector) do **not** look reliable, tests the cleaning claim, and asks whether the measure
-# agrees with two other yardsticks of the book: deletion AUC and paper A's retrieval rate.
+# agrees with two other yardsticks of the book: deletion AUC and the retrieval rate of RelEx's
+# paper (Lim, Lee and Kim, chapter 2).
 
 # %% tags=["parameters"]
 profile: str = "smoke"  # smoke | book | paper
@@ -63,6 +64,7 @@ pgd_eps: float = 8 / 255  # [0, 1] PGD budget for the retrieval rate, pixel unit
 
 # %%
 import re
+import textwrap
 import time
 from functools import partial
 from dataclasses import replace
@@ -113,7 +115,8 @@ SIZES = {
 }
 ch = kit.setup("04_reliability_measure", globals(), SIZES, within={
     name: "main_images" for name in ("fgsm_images", "relex_images", "cleaning_images", "retrieval_images", "loop_images",
-                                     "dance_images", "search_images")})
+                                     "dance_images", "search_images")},
+    other_data="ImageNet validation images (bundled offline)")
 S, settings, run_device, run, ledger, cifar_test = ch.S, ch.settings, ch.device, ch.run, ch.ledger, ch.data
 PAPER = "Valle et al. 2020 (paper C)"
 
@@ -134,9 +137,9 @@ PAPER = "Valle et al. 2020 (paper C)"
 # label is no longer $l$; a shuffled variant survives a budget only if **all 10** permutations keep
 # the label. The maps the measure consumes are the authors' post-processing of any explanation
 # (their code): $|R|$ clipped at its 99th percentile, times the $[0, 1]$ image, summed over
-# channels, min-max normalised, saved as 8 bits (`postprocess` step `adversarial_measure_map`).
+# channels, min-max normalised, saved as 8 bits (a post-processing step of the library).
 #
-# Choices the library made where the paper leaves room (`evaluation.reliability`):
+# Choices the library made where the paper leaves room:
 #
 # - **Pixel space.** The authors fed VGG-16 unnormalised $[0, 1]$ input; our models keep their own
 #   normalisation, and the perturbation is applied to the $[0, 1]$ image,
@@ -192,8 +195,22 @@ METHODS = {
 SANITY = ["random", "Sobel edges"]
 LENET_BATCH = 200  # model inputs per pass of the LeNet explainers (SmoothGrad: 2x faster than the default here)
 RELEX = f"RelEx {S.relex_iterations}x{S.relex_samples}"
+MODEL_LABEL = {"lenet_natural": "natural LeNet", "lenet_fgsm": "FGSM-trained LeNet"}  # as the reader knows them
+GRID_IMAGES = 4  # images per map grid: a wider grid would shrink its labels below 9 pt in the content column
+
+
+def legend_on_top(fig, ax) -> None:
+    """Move ``ax``'s legend above the figure (a legend inside a panel of many rows hides points)."""
+    handles, labels = ax.get_legend_handles_labels()
+    ax.legend_.remove()
+    fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(labels), frameon=False)
+
+
+def maps_figure(rows: dict, count: int):
+    """A map grid (one row per entry) of at most GRID_IMAGES images, its row labels wrapped to fit."""
+    return map_grid({textwrap.fill(label, 20): pictures for label, pictures in rows.items()}, min(count, GRID_IMAGES))
 display(Markdown(
-    f"{len(x)} CIFAR-10 test images correct for both models ({S.fgsm_images} of them also measured on lenet_fgsm). "
+    f"{len(x)} CIFAR-10 test images correct for both models ({S.fgsm_images} of them also measured on the FGSM-trained LeNet). "
     f"Search: bracket {sigma_max_per_entry:g} per entry ({sigma_max_per_entry * 255:.0f}/255), {scan} scan points, "
     f"{S.iterations} halvings: resolution {resolution * 255:.3f}/255 per entry; {permutations} permutations."))
 
@@ -205,7 +222,7 @@ display(Markdown(
 # image's value range; LRP {cite}`bach2015pixel` with the epsilon rule, epsilon = 1; Grad-CAM
 # {cite}`selvaraju2017gradcam` at the last convolution's ReLU (the library applies Grad-CAM's final
 # ReLU, which the authors' code omitted); guided backpropagation {cite}`springenberg2015striving`;
-# guided Grad-CAM (guided backprop times the upsampled Grad-CAM, the library's `guided_gradcam`).
+# guided Grad-CAM (guided backprop times the upsampled Grad-CAM).
 # RelEx (chapter 2, the authors' defaults: 50 iterations of 50 noisy copies, about 5,000 passes per
 # image) runs on the first `relex_images` images of the natural model only, DANCE around the
 # gradient (chapter 3, its defaults) on the first `dance_images`.
@@ -216,7 +233,7 @@ display(Markdown(
 # 0.057 on average, top-20 overlap 0.63, in the referee's check); their SmoothGrad adds noise of
 # absolute standard deviation 0.2 on [0, 1] and takes each noisy sample's own argmax as its target,
 # ours 0.2 of the image's range with the clean prediction as the target; their Grad-CAM has no final
-# ReLU. Two of these are run here as well, on lenet_natural: **|dCE/dx|** (the cross-entropy
+# ReLU. Two of these are run here as well, on the natural LeNet: **|dCE/dx|** (the cross-entropy
 # gradient; in normalised space, which differs from theirs only by the per-channel scale 1/std,
 # within 8% between CIFAR-10's channels) and **Grad-CAM without its ReLU**. |dCE/dx| is also the
 # measure's own direction (it perturbs along sign(dCE/dx)), so it doubles as the test of the
@@ -273,7 +290,7 @@ maps_of = {}
 for model_name, model in MODELS.items():
     count = len(x) if model is natural else S.fgsm_images
     maps_of[model_name] = all_maps(model, x[:count], y[:count], METHODS, LENET_BATCH)
-AUTHORS_GRADIENT, OTHER_GRADIENT = "|dCE/dx| (the measure's own direction)", "|dCE/dx| of lenet_fgsm"
+AUTHORS_GRADIENT, OTHER_GRADIENT = "|dCE/dx| (the measure's own direction)", "|dCE/dx| of the FGSM-trained LeNet"
 GRADCAM_NO_RELU, RANDOM_PROCESSED, DANCE = "Grad-CAM without ReLU (authors')", "random, post-processed", "DANCE(gradient)"
 cross_entropy_gradient = get_explainer("gradient", output="log_probability")  # |d log p / dx| = |dCE/dx|
 extra = maps_of["lenet_natural"]
@@ -295,14 +312,22 @@ cost = lambda clock, n: (f"{clock.seconds:.0f} s, {clock.passes / n:.0f} passes 
 display(Markdown(f"Maps computed in {time.perf_counter() - started:.0f} s; RelEx: {cost(relex_clock, S.relex_images)}; "
                  f"DANCE: {cost(dance_clock, S.dance_images)}."))
 
-count = min(settings.figure_images, S.relex_images)
-for model_name, model in MODELS.items():
-    rows = {"image": model.input_space.denormalize(x[:count]), **{k: v[:count] for k, v in maps_of[model_name].items()}}
-    if model is natural:
-        rows[RELEX] = relex_r[:count]
-        rows[DANCE] = dance_r[:count]
-    map_grid(rows, count, title=f"{model_name}: the maps r the measure consumes")
-    plt.show()
+count = min(settings.figure_images, S.relex_images, GRID_IMAGES)
+shown = {"image": natural.input_space.denormalize(x[:count])}
+ch.figure(maps_figure({**shown, **{name: maps_of["lenet_natural"][name][:count] for name in METHODS},
+                       RELEX: relex_r[:count], DANCE: dance_r[:count]}, count),
+          f"The maps r the measure consumes on the natural LeNet, for the first {count} images (bright: relevant): the "
+          "authors' six methods, RelEx and DANCE, each through the authors' post-processing, which multiplies |R| by "
+          "the image, so every map also carries the image's bright regions.")
+ch.figure(maps_figure({**shown, **{name: maps_of["lenet_natural"][name][:count] for name in maps_of["lenet_natural"]
+                                   if name not in METHODS}}, count),
+          "The sanity maps and the variants on the same images (natural LeNet): the random and Sobel edge maps know "
+          "nothing about the model; |dCE/dx| is the measure's own direction, the FGSM-trained LeNet's |dCE/dx| the same "
+          "map from another model, and the post-processed random map is the cleaning control.")
+ch.figure(maps_figure({"image": robust.input_space.denormalize(x[:count]),
+                       **{k: v[:count] for k, v in maps_of["lenet_fgsm"].items()}}, count),
+          f"The same methods and sanity maps on the FGSM-trained LeNet (first {count} images; compare each row with "
+          "the natural LeNet's in the first figure).")
 
 # %% [markdown]
 # ## The four budgets
@@ -366,7 +391,7 @@ values = {key: per_image(result) for key, result in results.items()}
 rows = []
 for (model_name, name), result in results.items():
     per_entry = result.per_entry.cpu().numpy() * 255
-    row = {"model": model_name, "map": name, "images": len(result.rel)}
+    row = {"model": MODEL_LABEL[model_name], "map": name, "images": len(result.rel)}
     for j, variant in enumerate(VARIANTS):
         row[f"median {variant} (/255)"] = np.median(per_entry[~np.isnan(per_entry[:, j]), j])
     for j, variant in enumerate(VARIANTS):
@@ -374,25 +399,38 @@ for (model_name, name), result in results.items():
     row["undefined"] = int(result.budgets.isnan().any(1).sum())
     rows.append(row)
 budget_table = pd.DataFrame(rows).set_index(["model", "map"])
-budget_table.style.format(precision=2)
+medians = [column for column in budget_table.columns if column.startswith("median")]
+ch.table(budget_table[["images", *medians]].rename(columns=lambda c: c.replace("median ", "")),
+         f"The median flip budget sigma* of each variant per input entry (in 1/255), per model and map; no flip within "
+         f"the bracket ({sigma_max_per_entry * 255:.0f}/255) counts as more than the bracket (∞ when it is the "
+         f"median).", digits=2, missing="every image's map is undefined (all zero)")
+ch.table(budget_table.drop(columns=medians),
+         "How many images had no flip within the bracket, per variant, and how many had an undefined (all-zero) map, "
+         "which the orderings drop.")
 
 # %%
 frames = []
 for (model_name, name), v in values.items():
-    frames.append(pd.DataFrame({"model": model_name, "map": name,
+    frames.append(pd.DataFrame({"model": MODEL_LABEL[model_name], "map": name,
                                 "log2 Rel / RelShuf": torch.log2(v["Rel / RelShuf"]).clamp(-3, 3).numpy(),
                                 "log2 Irel / IrelShuf": torch.log2(v["Irel / IrelShuf"]).clamp(-3, 3).numpy()}))
 ratios = pd.concat(frames)
-fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
+fig, axes = plt.subplots(2, 1, figsize=(7, 12), sharex=True)
 for ax, column in zip(axes, ["log2 Rel / RelShuf", "log2 Irel / IrelShuf"]):
     sns.boxplot(ratios, x=column, y="map", hue="model", ax=ax, fliersize=2)
     ax.axvline(0, color="grey", lw=1, ls="--")
+    ax.set(xlabel=column, ylabel="")
+    ax.xaxis.set_tick_params(labelbottom=True)
+    ax.xaxis.label.set_visible(True)
 axes[0].set_title("reliable: left of 0 (Rel flips first)")
 axes[1].set_title("reliable: right of 0 (Irel needs more)")
 axes[1].legend_.remove()
-fig.suptitle("Per-image ratios (log2, clipped to [-3, 3]; not found counts as more than the bracket)")
-plt.tight_layout()
-plt.show()
+fig.tight_layout()
+legend_on_top(fig, axes[0])
+ch.figure(fig, "Per-image ratios of the budgets, log2 and clipped to [-3, 3] (no flip within the bracket counts as more "
+               "than the bracket). A reliable map sits left of the dashed line in the upper panel (its relevant pixels "
+               "flip the label first) and right of it in the lower one; the random and edge maps show where a map "
+               "that knows nothing about the model falls.")
 
 # %% [markdown]
 # ## How often the orderings hold
@@ -416,14 +454,17 @@ median_interval = partial(median_interval_text, digits=2, seed=seed)
 
 rows = []
 for (model_name, name), v in values.items():
-    rows.append({"model": model_name, "map": name, "images": len(v["Rel < RelShuf"]),
+    rows.append({"model": MODEL_LABEL[model_name], "map": name, "images": len(v["Rel < RelShuf"]),
                  "Rel < RelShuf": interval(v["Rel < RelShuf"]), "ties Rel": float(v["Rel = RelShuf (tie)"].nanmean()),
                  "Irel > IrelShuf": interval(v["Irel > IrelShuf"]),
                  "ties Irel": float(v["Irel = IrelShuf (tie)"].nanmean()),
                  "median Rel / RelShuf": median_interval(v["Rel / RelShuf"]),
                  "median Irel / IrelShuf": median_interval(v["Irel / IrelShuf"])})
 order_table = pd.DataFrame(rows).set_index(["model", "map"])
-order_table.style.format(precision=2)
+ch.table(order_table, "How often the orderings hold, per model and map: the fraction of images (mean and 95% bootstrap "
+                      "interval) with Rel < RelShuf (chance 1/11) and with Irel > IrelShuf (chance 10/11), the share "
+                      "of ties at the search resolution, and the median ratios.",
+         formats={"ties Rel": "{:.0%}", "ties Irel": "{:.0%}"}, missing="every image's map is undefined (all zero)")
 
 # %%
 def parts_for(names, key, models=MODELS):
@@ -454,18 +495,24 @@ ledger.test("C4.2", nan="omit", paper=PAPER,
 frames = []
 for (model_name, name), v in values.items():
     for key, null in (("Rel < RelShuf", NULL_REL), ("Irel > IrelShuf", NULL_IREL)):
-        frames.append(pd.DataFrame({"model": model_name, "map": name, "ordering": key,
+        frames.append(pd.DataFrame({"model": MODEL_LABEL[model_name], "map": name, "ordering": key,
                                     "fraction of images": v[key].numpy()}))
 orderings = pd.concat(frames).dropna()
-grid = sns.catplot(orderings, x="fraction of images", y="map", hue="model", col="ordering", kind="point",
-                   errorbar=("ci", 95), linestyle="none", dodge=0.4, height=4.2, aspect=1.1, sharex=False)
-for ax, null in zip(grid.axes.flat, (NULL_REL, NULL_IREL)):
+fig, axes = plt.subplots(2, 1, figsize=(7, 12))
+for ax, (key, null) in zip(axes, (("Rel < RelShuf", NULL_REL), ("Irel > IrelShuf", NULL_IREL))):
+    sns.pointplot(orderings[orderings["ordering"] == key], x="fraction of images", y="map", hue="model", ax=ax,
+                  errorbar=("ci", 95), linestyle="none", dodge=0.4)
     ax.axvline(null, color="grey", lw=1, ls="--")
     ax.text(null, -0.7, " chance", color="grey", fontsize=9)
-grid.figure.suptitle("Every map on one axis, the methods beside the random and edge maps (mean and 95% interval; "
-                     "dashed: the chance level)", y=1.04)
-plt.show()
-ledger.table()
+    ax.set(title=key, ylabel="")
+axes[1].legend_.remove()
+fig.tight_layout()
+legend_on_top(fig, axes[0])
+ch.figure(fig, "Every map on one axis, the methods beside the random and edge maps: the fraction of images on which "
+               "each ordering holds (mean and 95% interval; dashed: the chance level of a map that carries no "
+               "information, 1/11 above and 10/11 below).")
+display(Markdown(ledger.line("C4.1")))
+display(Markdown(ledger.line("C4.2")))
 
 # %% [markdown]
 # ## Sanity maps: can the measure tell a map that knows nothing from a real one?
@@ -488,10 +535,11 @@ for claim_id, name in (("C4.3", "random"), ("C4.4", "Sobel edges")):
                 measured="1 if sigma*_Rel < sigma*_RelShuf else 0, per image; needs the fraction below 1/11 + 0.1",
                 threshold=NULL_REL + 0.1, direction="below", setting=sanity_setting, parts=parts,
                 caveats=[f"Its Irel > IrelShuf fraction is "
-                         f"{float(values['lenet_natural', name]['Irel > IrelShuf'].nanmean()):.2f} on lenet_natural, "
+                         f"{float(values['lenet_natural', name]['Irel > IrelShuf'].nanmean()):.2f} on the natural LeNet, "
                          "near 10/11 by construction: that half of the paper's ordering cannot tell it from a "
                          "method."])
-ledger.table()
+display(Markdown(ledger.line("C4.3")))
+display(Markdown(ledger.line("C4.4")))
 
 # %% [markdown]
 # ## Ranking the methods
@@ -510,7 +558,7 @@ for model_name in MODELS:
         [RELEX, DANCE] if model_name == "lenet_natural" else [])
     for name in names:
         v, result = values[model_name, name], results[model_name, name]
-        rows.append({"model": model_name, "map": name, "median Rel / RelShuf": finite_median(v["Rel / RelShuf"]),
+        rows.append({"model": MODEL_LABEL[model_name], "map": name, "median Rel / RelShuf": finite_median(v["Rel / RelShuf"]),
                      "Rel / RelShuf (95% CI)": median_interval(v["Rel / RelShuf"]),
                      "Irel / IrelShuf (95% CI)": median_interval(v["Irel / IrelShuf"]),
                      "sigma*_Rel per entry (/255)": median_interval(result.per_entry[:, 0].cpu() * 255)})
@@ -524,9 +572,11 @@ for model_name in MODELS:
     separation[f"{list(METHODS)[best]} vs {list(METHODS)[worst]} @ {model_name} ({len(score)} held-out images)"] = score
 ranking = pd.DataFrame(rows).set_index(["model", "map"])
 ranking["rank"] = ranking.groupby(level=0)["median Rel / RelShuf"].rank(method="min").astype(int)
-display(ranking.sort_values(["model", "rank"]).drop(columns="median Rel / RelShuf"))
-own_rank = int(ranking.loc[("lenet_natural", AUTHORS_GRADIENT), "rank"])
-ranked = int((ranking.index.get_level_values(0) == "lenet_natural").sum())
+ch.table(ranking.sort_values(["model", "rank"]).drop(columns="median Rel / RelShuf"),
+         "The maps ranked per model by the median of Rel / RelShuf (rank 1: the map whose placement of its values "
+         "matters most), with the medians of Irel / IrelShuf and of sigma*_Rel per entry (95% bootstrap intervals).")
+own_rank = int(ranking.loc[(MODEL_LABEL["lenet_natural"], AUTHORS_GRADIENT), "rank"])
+ranked = int((ranking.index.get_level_values(0) == MODEL_LABEL["lenet_natural"]).sum())
 ledger.test("C4.5", nan="omit", paper=PAPER,
             claim="[claim 2] The measure separates the methods it compares: the best method (chosen on half of the "
                   "images) beats the worst on most of the other half.",
@@ -534,25 +584,26 @@ ledger.test("C4.5", nan="omit", paper=PAPER,
                      "held-out image", threshold=0.5, setting=search_setting + "; six methods, RelEx not included",
             parts=separation,
             caveats=[f"The measure perturbs along sign(dCE/dx), which favours gradient-like maps by construction: "
-                     f"the |dCE/dx| map itself ranks {own_rank} of {ranked} maps on lenet_natural (C4.10 tests the "
+                     f"the |dCE/dx| map itself ranks {own_rank} of {ranked} maps on the natural LeNet (C4.10 tests the "
                      f"bias); a ranking that follows closeness to the gradient says as much about the measure as "
                      f"about the methods."])
 own, other = values["lenet_natural", AUTHORS_GRADIENT], values["lenet_natural", OTHER_GRADIENT]
 ledger.test("C4.10", nan="omit", paper=PAPER + "; bias check: this book",
-            claim="[this book] The measure favours the gradient it perturbs along: on lenet_natural, the model's own "
+            claim="[this book] The measure favours the gradient it perturbs along: on the natural LeNet, the model's own "
                   "|dCE/dx| orders Rel < RelShuf more often than the same map taken from another model (the "
                   "FGSM-trained LeNet).",
             measured="per image, 1/0 for Rel < RelShuf with the model's own |dCE/dx| minus the same with "
                      "lenet_fgsm's |dCE/dx| (both scored on lenet_natural)",
             setting=search_setting, parts={f"lenet_natural ({len(x)} images)": (own["Rel < RelShuf"],
                                                                                 other["Rel < RelShuf"])})
-ledger.table()
+display(Markdown(ledger.line("C4.5")))
+display(Markdown(ledger.line("C4.10")))
 
 # %% [markdown]
 # ## Cleaning: sparser maps at equal reliability
 #
 # The paper's third claim. Each map is sparsified by keeping its top 50, 30, 20, 10, 5, 2 or 1% of
-# pixels (`evaluation.cleaning.clean_maps`); sigma\*_Rel is measured for every candidate, and per
+# pixels; sigma\*_Rel is measured for every candidate, and per
 # image the sparsest one whose sigma\*_Rel is not above the original's is kept. The curve shows the
 # median of sigma\*_Rel relative to the original's at each level (a candidate with no flip within the
 # bracket counts as infinitely worse). "Sparser with no loss" holds **by construction** (a candidate
@@ -576,12 +627,14 @@ for name in list(METHODS) + ["random", RANDOM_PROCESSED]:
         curves.append({"map": name, "candidate": level, "sparsity": res.curve_sparsity[:, j].mean().item(),
                        "median sigma*_Rel / original": finite_median(relative[:, j])})  # not found: inf
 curve_frame = pd.DataFrame(curves)
-plt.figure(figsize=(7.5, 4.2))
-sns.lineplot(curve_frame, x="sparsity", y="median sigma*_Rel / original", hue="map", marker="o")
-plt.axhline(1, color="grey", lw=1, ls="--")
-plt.xlabel("fraction of zero pixels in the map")
-plt.title(f"Cleaning curve, lenet_natural, {n_clean} images")
-plt.show()
+fig, ax = plt.subplots(figsize=(7, 4.8))
+sns.lineplot(curve_frame, x="sparsity", y="median sigma*_Rel / original", hue="map", marker="o", ax=ax)
+ax.axhline(1, color="grey", lw=1, ls="--")
+ax.set_xlabel("fraction of zero pixels in the map")
+ax.legend(fontsize=9)
+ch.figure(fig, f"The cleaning curve on the natural LeNet ({n_clean} images): as each map keeps fewer of its pixels "
+               "(right), the median of sigma*_Rel relative to the original map's; at or below the dashed line the "
+               "sparser map is at least as reliable by the measure.")
 
 
 def gain(res):
@@ -601,7 +654,10 @@ clean_table = pd.DataFrame([{"map": name, "images": n_clean, "cleaned (fraction)
                              "sparsity after": float(res.sparsity.mean()), "gain": interval(gains[name]),
                              "not cleanable": int(gains[name].isnan().sum())}
                             for name, res in cleaned.items()]).set_index("map")
-display(clean_table)
+ch.table(clean_table, f"Cleaning on the natural LeNet ({n_clean} images): the share of images whose map got sparser, "
+                      "the mean fraction of zero pixels before and after, the gain (mean and 95% interval) and the "
+                      "images whose original sigma*_Rel is not finite (not cleanable).",
+         formats={"cleaned (fraction)": "{:.0%}", "sparsity before": "{:.0%}", "sparsity after": "{:.0%}"})
 clean_setting = f"lenet_natural, {n_clean} images, keep 50..1% of pixels; " + search_setting
 ledger.test("C4.6", nan="omit", paper=PAPER,
             claim="[claim 3] Cleaning with the measure gives sparser maps with no loss of reliability (sigma*_Rel "
@@ -619,24 +675,27 @@ ledger.test("C4.7", nan="omit", paper=PAPER,
                      "random map, per image (each at a sigma*_Rel no higher than its own original's)",
             setting=clean_setting,
             parts={f"{name} ({n_clean} images)": (final[name], final[RANDOM_PROCESSED]) for name in METHODS})
-ledger.table()
+display(Markdown(ledger.line("C4.6")))
+display(Markdown(ledger.line("C4.7")))
 
 # %%
-count = min(settings.figure_images, n_clean)
+count = min(settings.figure_images, n_clean, GRID_IMAGES)
 rows = {"image": natural.input_space.denormalize(x[:count])}
 for name in ("gradient", "Grad-CAM", "guided backprop", "random"):
     rows[name] = maps_of["lenet_natural"][name][:count]
     rows[f"{name}, cleaned"] = cleaned[name].maps[:count]
-map_grid(rows, count, title="The sparsest map at equal sigma*_Rel (lenet_natural)")
-plt.show()
+ch.figure(maps_figure(rows, count),
+          f"Four maps of the first {count} images (natural LeNet) before and after cleaning: each cleaned map is the "
+          "sparsest candidate whose sigma*_Rel is not above the original's; the random map cleans too, which is why "
+          "sparsity alone proves nothing.")
 
 # %% [markdown]
 # ## Does the measure agree with other yardsticks?
 #
-# Two of the book's other measures rank the same methods on lenet_natural: **deletion AUC**
+# Two of the book's other measures rank the same methods on the natural LeNet: **deletion AUC**
 # {cite}`petsiuk2018rise` (remove the map's most relevant pixels first, 16 steps of 64 pixels, fill
-# with the dataset mean; lower is better), on the same maps r, and paper A's **retrieval rate**
-# (chapter 2): PGD at eps 8/255 (10 steps of 2.5 eps / 10, random start) attacks the image, the
+# with the dataset mean; lower is better), on the same maps r, and the **retrieval rate** of RelEx's
+# paper (Lim, Lee and Kim; chapter 2): PGD at eps 8/255 (10 steps of 2.5 eps / 10, random start) attacks the image, the
 # method explains the attacked image for the clean class, and the masked input `x_adv * map` must be
 # classified as the clean class (maps normalised as in RelEx's code: `|s|` summed over channels,
 # divided by its 99th percentile and clamped; Grad-CAM min-max), on the images PGD fooled. Agreement is the Spearman rank correlation across the six methods between the
@@ -675,9 +734,12 @@ agreement_rows.append({"method": f"{RELEX} ({S.relex_images} images)",
                        "median Rel / RelShuf": finite_median(relex_ratio),
                        "deletion AUC (mean)": float(deletion[RELEX].mean()), "retrieval rate (fooled images)": np.nan})
 agreement_table = pd.DataFrame(agreement_rows).set_index("method")
-display(agreement_table.style.format(precision=3))
+ch.table(agreement_table, "Three yardsticks of the same methods on the natural LeNet: the measure's median Rel / RelShuf "
+                          "(lower: more reliable), the mean deletion AUC (lower: better) and the retrieval rate on the "
+                          "images PGD fooled (higher: better).",
+         missing="RelEx is not re-run on the attacked images (chapter 2 measures its retrieval)")
 
-fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+fig, axes = plt.subplots(2, 1, figsize=(7, 8.5))
 for ax, column in zip(axes, ["deletion AUC (mean)", "retrieval rate (fooled images)"]):
     frame = agreement_table.dropna(subset=[column])
     ax.scatter(frame["median Rel / RelShuf"], frame[column])
@@ -685,8 +747,9 @@ for ax, column in zip(axes, ["deletion AUC (mean)", "retrieval rate (fooled imag
         ax.annotate(label, (row["median Rel / RelShuf"], row[column]), fontsize=9)
     ax.set_xlabel("median Rel / RelShuf (lower: more reliable)")
     ax.set_ylabel(column)
-plt.tight_layout()
-plt.show()
+fig.tight_layout()
+ch.figure(fig, "The measure against deletion AUC (upper) and the retrieval rate (lower), one point per method: if they "
+               "agreed, the upper points would rise from left to right and the lower ones fall.")
 
 # %%
 agree_deletion = rank_agreement(score_main, torch.stack([deletion[n] for n in names]))
@@ -700,7 +763,7 @@ for claim_id, what, setting, parts in [
     ("C4.8", "deletion AUC", "lenet_natural, the maps r, 16 deletion steps; bootstrap over images",
      {f"6 methods, {len(x)} images": agree_deletion,
       f"7 methods with RelEx, {S.relex_images} images": agree_deletion_7}),
-    ("C4.9", "paper A's retrieval rate", retrieval_setting,
+    ("C4.9", "the retrieval rate of RelEx's paper (Lim et al.)", retrieval_setting,
      {f"6 methods, {n_ret} images ({int(fooled.sum())} fooled)": agree_retrieval}),
 ]:
     ledger.test(claim_id, paper=PAPER,
@@ -709,15 +772,16 @@ for claim_id, what, setting, parts in [
                 measured=f"Spearman across methods: median Rel / RelShuf vs {what} (a rank correlation over 6 or 7 "
                          "methods is weak evidence)",
                 setting=setting, parts=parts)
-ledger.table()
+display(Markdown(ledger.line("C4.8")))
+display(Markdown(ledger.line("C4.9")))
 
 # %% [markdown]
 # ## The authors' search beside the bisection
 #
 # The authors walk an integer grid of 10,000 budgets with paces 1000, 100, 10 and 1, stopping at the
-# first failure of each pace; the chapter bisects after a scan. Both are in the library
-# (`method="coarse_to_fine"` and `"bisection"`); here both measure the same gradient maps of the
-# first `search_images` images of lenet_natural with the same permutations, so the difference is
+# first failure of each pace; the chapter bisects after a scan. Both are in the library; here both
+# measure the same gradient maps of the first `search_images` images of the natural LeNet with the
+# same permutations, so the difference is
 # the search alone.
 
 # %%
@@ -737,7 +801,9 @@ search_table = pd.DataFrame([{
     "Rel < RelShuf (fraction)": float(res.rel_below_relshuf.double().mean()),
     "Irel > IrelShuf (fraction)": float(res.irel_above_irelshuf.double().mean())} for method, res in searched.items()
 ]).set_index("search")
-display(search_table.style.format(precision=3))
+ch.table(search_table, f"The two searches on the same gradient maps of the first {n_search} images (natural LeNet): "
+                       "their resolution, cost and the fraction of images on which each ordering holds.",
+         formats={"Rel < RelShuf (fraction)": "{:.0%}", "Irel > IrelShuf (fraction)": "{:.0%}"})
 display(Markdown(
     f"On {n_search} images x 4 variants, the two searches agree on whether a flip exists in "
     f"{float((a.found == b.found).double().mean()):.1%} of the cases; where both found one, the budgets differ by "
@@ -751,7 +817,7 @@ display(Markdown(
 #
 # The library puts all images, all four variants and all permutations (22 rows per image) on the
 # batch axis of one bisection; the authors' code measures one image at a time. Both are timed here
-# on the same `loop_images` gradient maps of lenet_natural, in the same run. Rel and Irel use no
+# on the same `loop_images` gradient maps of the natural LeNet, in the same run. Rel and Irel use no
 # permutation, so the two runs must agree on them exactly.
 
 # %%
@@ -773,19 +839,21 @@ speed_rows = [
     {"run": f"one image per call, {n_loop} images", "seconds": loop_clock.seconds,
      "passes / image-map": loop_clock.passes / n_loop,
      "ms / image-map": 1e3 * loop_clock.seconds / n_loop},
-    {"run": f"main table, lenet_natural ({len(x)} images x {main_maps} maps + RelEx, DANCE)",
+    {"run": f"main table, natural LeNet ({len(x)} images x {main_maps} maps + RelEx, DANCE)",
      "seconds": main_clock.seconds, "passes / image-map": main_clock.passes / (len(x) * main_maps + S.relex_images),
      "ms / image-map": 1e3 * main_clock.seconds / (len(x) * main_maps + S.relex_images)},
 ]
 if main_clock.passes == 0:  # every budget read back from the result store: not timed in this run
     speed_rows.pop()
 speed = pd.DataFrame(speed_rows).set_index("run")
-display(speed.style.format(precision=2))
+ch.table(speed, "One batched search against one image per call, on the same gradient maps, and the main table's "
+                "cost per image-map.", digits=2)
 display(Markdown(
     f"One image at a time takes **{loop_clock.seconds / batched_clock.seconds:.1f}x** the time of the batched search "
     f"on the same {n_loop} images; model passes per image (counted by the measure, the gradient pass included): "
     f"{batched.model_passes.double().mean():.0f} on average ({int(batched.model_passes.min())} to "
-    f"{int(batched.model_passes.max())}). Rel and Irel identical in both runs: {same}."))
+    f"{int(batched.model_passes.max())}). Rel and Irel are "
+    f"{'identical in both runs' if same else 'not identical in the two runs'}."))
 
 # %% [markdown]
 # ## On ImageNet, with the offline EfficientNet-Lite0
@@ -794,7 +862,7 @@ display(Markdown(
 # by EfficientNet-Lite0 in its own input scaling (chapter 0), with the same bracket per entry and
 # `imagenet_iterations` halvings (flip budgets per entry range from far below to far above the CIFAR-10
 # ones, so the resolution is finer). An EfficientNet-Lite0 image-map costs about a minute of CPU, so only `imagenet_methods`
-# are measured. Grad-CAM uses the head convolution's output (`_bn1`, before its ReLU6: the model
+# are measured. Grad-CAM uses the head convolution's batch-norm output (before its ReLU6: the model
 # shares one ReLU6 module across blocks, so no activation runs once); guided backprop and guided
 # Grad-CAM are not applied, because the library's guided rule acts on ReLU modules and this model
 # has ReLU6. Too few images for a verdict: a qualitative look.
@@ -824,10 +892,15 @@ else:
                          "Rel < RelShuf": bool(res.rel_below_relshuf[i]),
                          "Irel > IrelShuf": bool(res.irel_above_irelshuf[i]),
                          "seconds / image": (time.perf_counter() - started) / len(xi)})
-    map_grid({"image": inputs.EFFICIENTNET_LITE.denormalize(xi), **lite_maps}, len(xi),
-             title="EfficientNet-Lite0 on ImageNet val: the maps r")
-    plt.show()
-    display(pd.DataFrame(rows).set_index(["image", "map"]).style.format(precision=3))
+    shown_images = min(len(xi), GRID_IMAGES)
+    ch.figure(maps_figure({"image": inputs.EFFICIENTNET_LITE.denormalize(xi), **lite_maps}, shown_images),
+              f"EfficientNet-Lite0 on {'the first ' + str(shown_images) + ' of ' if shown_images < len(xi) else ''}"
+              f"{len(xi)} ImageNet validation image{'s' if len(xi) > 1 else ''}: the maps r the measure consumes "
+              "(bright: relevant).")
+    ch.table(pd.DataFrame(rows).set_index(["image", "map"]),
+             "The four budgets per entry (in 1/255) and the two orderings per ImageNet image and map on "
+             "EfficientNet-Lite0 (too few images for a verdict).", digits=2,
+             missing="every permutation's budget is undefined (an all-zero map)")
 
 # %% [markdown]
 # ## What this chapter found
@@ -849,6 +922,34 @@ else:
 #   resolution, on the same images that judge it; the random-map comparison is the control.
 
 # %%
+def verdict(claim_id: str) -> str:
+    """A claim's verdict as a predicate: "holds", "does not hold" or "is inconclusive"."""
+    said = next(c.verdict for c in ledger.claims if c.id == claim_id)
+    return "is inconclusive" if said == "inconclusive" else said
+
+
+def rate(model_name: str, name: str, key: str = "Rel < RelShuf") -> float:
+    return float(values[model_name, name][key].nanmean())
+
+
+method_rates = [rate("lenet_natural", name) for name in METHODS]
+ledger.bottom_line(
+    f"The measure's first ordering, read from its construction (a map's relevant pixels flip the label with a smaller "
+    f"budget than the same values put at random places), {verdict('C4.1')} for the methods: on the natural LeNet it "
+    f"holds on {min(method_rates):.0%} to {max(method_rates):.0%} of the images, against 1/11 by chance (C4.1). The "
+    f"second (the irrelevant pixels need a larger budget) {verdict('C4.2')} against its chance level of 10/11, which "
+    f"the authors' all-permutations rule makes nearly free (C4.2). Maps that know nothing about the model should stay "
+    f"near chance on the first: a random map orders {rate('lenet_natural', 'random'):.0%} of the images (C4.3 "
+    f"{verdict('C4.3')}), the Sobel edge map {rate('lenet_natural', 'Sobel edges'):.0%} (C4.4 {verdict('C4.4')}). "
+    f"Whether the measure separates the best method from the worst on held-out images: C4.5 {verdict('C4.5')}. "
+    f"Whether it favours the gradient it perturbs along: the model's own |dCE/dx| orders "
+    f"{rate('lenet_natural', AUTHORS_GRADIENT):.0%} against {rate('lenet_natural', OTHER_GRADIENT):.0%} for the "
+    f"FGSM-trained LeNet's (C4.10 {verdict('C4.10')}). Cleaning "
+    f"makes any map sparser by construction, the random map included (C4.6 {verdict('C4.6')}); the methods' cleaned "
+    f"maps end sparser than a cleaned random map (C4.7 {verdict('C4.7')}). Whether the measure ranks the methods as "
+    f"deletion AUC and RelEx's retrieval rate do: C4.8 {verdict('C4.8')}, C4.9 {verdict('C4.9')} (six methods make a "
+    f"weak test). The chance levels, the sanity maps, the bias check, the cleaning control and the comparisons are "
+    f"this book's additions.")
 ledger.save()
 display(Markdown(ledger.summary(items=False)))
 display(ledger.cards())
