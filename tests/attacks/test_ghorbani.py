@@ -125,3 +125,18 @@ def test_random_sign_noise_redraws_images_whose_label_flips():
     _, kept_many = ea.random_sign_noise(FlipsOnDarkCorner(), x, eps=0.1, tries=20,
                                         generator=torch.Generator().manual_seed(0))
     assert 0 < int(kept_once.sum()) < 16 and bool(kept_many.all())
+
+
+def test_a_random_restart_starts_elsewhere_in_the_ball_and_keeps_the_rules(trained, ghorbani):
+    model, x = trained
+    restarts = [ea.ghorbani_attack(model, x, gradient_explainer, objective="topk", surrogate_beta=3, eps=EPS,
+                                   alpha=ALPHA, steps=STEPS, random_start=True,
+                                   generator=torch.Generator().manual_seed(seed)) for seed in (1, 2)]
+    for result in restarts:
+        assert_in_ball(result.x_adv, x, EPS)
+        assert bool(result.label_kept.all())
+        torch.testing.assert_close(result.adv_map, real_map(model, result.x_adv), atol=1e-6, rtol=1e-4)
+        torch.testing.assert_close(result.trace[0], result.clean_value)  # the trace still starts at the clean map
+    # a restart is a different attack: another start than the clean image's, and than the other restart's
+    assert not torch.equal(restarts[0].x_adv, ghorbani["topk"].x_adv)
+    assert not torch.equal(restarts[0].x_adv, restarts[1].x_adv)

@@ -94,6 +94,7 @@ def ghorbani_attack(
     input_space: InputSpace | None = None,
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
+    random_start: bool = False,
 ) -> GhorbaniResult:
     """Ghorbani et al. (AAAI 2019) iterative attack on the map ``S(x) = sum_c |E(x)|`` (sum 1).
 
@@ -107,7 +108,9 @@ def ghorbani_attack(
     the worst map over the accepted iterates: lowest top-k intersection with the clean map (topk,
     random), largest centre shift, or largest region mass. ``k`` defaults to the paper's fraction,
     1000 of 224 x 224 pixels. ``surrogate_beta``: take the attack gradient through a Softplus(beta)
-    copy (needed for ReLU models); ``batch_size`` is passed to the explainer.
+    copy (needed for ReLU models); ``batch_size`` is passed to the explainer. ``random_start``: a
+    restart, from a uniform draw in the eps ball (``generator``; an image whose label the draw
+    flips starts from the clean image) instead of the clean image.
     """
     choice("objective", objective, OBJECTIVES)
     eps = pixel_budget("eps", eps)
@@ -145,13 +148,19 @@ def ghorbani_attack(
         return grad.nan_to_num(0.0), s.detach()  # an all-zero map has no centre: no step
 
     delta = torch.zeros_like(x01)
+    if random_start:
+        start = project(draw(torch.rand, x01.shape, generator=generator, device=x01.device, dtype=x01.dtype)
+                        .mul(2 * eps).sub(eps), x01, eps, "linf")
+        with torch.no_grad():
+            keep = (model(space.normalize(x01 + start)).argmax(1) == label).view(-1, 1, 1, 1)
+        delta = torch.where(keep, start, delta)
     step = torch.full((n, 1, 1, 1), float(alpha), dtype=x01.dtype, device=x01.device)
     clean_value = goal.judge(clean_map)
     best_value, best_delta, best_map = clean_value.clone(), delta.clone(), clean_map.clone()
     trace = [clean_value]
     # without a surrogate the attack's map at the current iterate is the real map: reuse it
     reuse_attack_map = surrogate_beta is None and goal.attack_value is not None
-    current_map: Tensor | None = clean_map  # real map of the current iterate when already known
+    current_map: Tensor | None = None if random_start else clean_map  # real map of the iterate, when known
 
     for t in range(steps + 1):
         grad = None
