@@ -74,7 +74,7 @@ nbval: notebooks smoke-models
 # Its table of contents lists every chapter in notebooks/ (the published _toc.yml lists only the
 # chapters already executed at the book profile), so a chapter is built strictly from its first commit.
 smoke-book: nbval
-	cp _config.yml $(SMOKE_DIR)/ && cp book/*.md book/*.bib $(SMOKE_DIR)/book/
+	cp _config.yml $(SMOKE_DIR)/ && cp -r _static $(SMOKE_DIR)/ && cp book/*.md book/*.bib $(SMOKE_DIR)/book/
 	{ printf 'format: jb-book\nroot: book/intro\nchapters:\n  - file: book/verdicts\n'; \
 	  for nb in $(NOTEBOOKS); do printf '  - file: book/chapters/%s\n' "$$(basename $$nb .ipynb)"; done; \
 	  printf '  - file: book/api\n'; } > $(SMOKE_DIR)/_toc.yml

@@ -91,6 +91,7 @@ def test_verdicts_page_from_claims_files(tmp_path):
     page = verdicts_page.render_page(claims_dir)
     assert "## The five papers" in page and "## The book's own checks" in page
     assert "RelEx retrieves the clean class, by construction." in page  # the chapter's bottom line
+    assert 'href="verdicts.html#claim-a1"' in page  # and beside it every claim, linked to its card
     assert "Not executed at any profile yet" in page  # chapters 3 to 6 have no claims here
     assert "x &lt;b&gt; y" in page  # claim text is escaped
     assert 'id="claim-a2"' in page and "<svg" in page  # a card per claim, with its forest plot

@@ -33,9 +33,10 @@ def _annotation(parameter: inspect.Parameter) -> str:
 
 
 def _table(head: list[str], rows: list[list[str]]) -> str:
-    cells = lambda row, tag: "".join(f"<{tag} style=\"text-align:left;vertical-align:top\">{c}</{tag}>" for c in row)  # noqa: E731
+    cells = lambda row, tag: "".join(f"<{tag} style=\"text-align:left;vertical-align:top;overflow-wrap:anywhere\">"  # noqa: E731
+                                     f"{c}</{tag}>" for c in row)
     body = "".join(f"<tr>{cells(r, 'td')}</tr>" for r in rows)
-    return (f'<div style="overflow-x:auto"><table class="api-table"><thead><tr>{cells(head, "th")}</tr></thead>'
+    return (f'<div style="overflow-x:auto"><table class="api-table" style="font-size:0.9em"><thead><tr>{cells(head, "th")}</tr></thead>'
             f"<tbody>{body}</tbody></table></div>")  # scrolls on a phone instead of widening the page
 
 

@@ -72,13 +72,14 @@ def table_html(frame: pd.DataFrame, label: str, caption: str, anchor: str, *, di
     numeric += [pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])
                 for c in frame.columns]
 
-    def td(text, i, tag="td"):
-        align = "right" if numeric[i] else "left"
-        return f'<{tag} style="text-align:{align};padding:0.15em 0.6em">{text}</{tag}>'
+    def td(text, i, tag="td"):  # words may break (hyphenated) so that the table fits; numbers never do
+        align, breaks = ("right", "") if numeric[i] and tag == "td" else ("left", "hyphens:auto;overflow-wrap:anywhere;")
+        return (f'<{tag} style="text-align:{align};padding:0.15em 0.4em;white-space:normal;{breaks}'
+                f'vertical-align:{"bottom" if tag == "th" else "top"}">{text}</{tag}>')
     body = "".join("<tr>" + "".join(td(c, i) for i, c in enumerate(cells)) + "</tr>" for cells in rows)
     thead = "<tr>" + "".join(td(html.escape(h), i, "th") for i, h in enumerate(head)) + "</tr>"
     note = f'<p style="font-size:0.9em;margin:0.3em 0 0">– {html.escape(missing)}</p>' if dashes else ""
     return (f'<figure class="book-table" id="{anchor}" style="margin:1em 0">'
             f'<figcaption><b>{html.escape(label)}.</b> {html.escape(caption)}</figcaption>'
-            f'<div style="overflow-x:auto"><table><thead>{thead}</thead><tbody>{body}</tbody></table></div>'
+            f'<div style="overflow-x:auto"><table lang="en" style="font-size:0.9em"><thead>{thead}</thead><tbody>{body}</tbody></table></div>'
             f"{note}</figure>")

@@ -95,7 +95,8 @@ def _chapter_cards(titles: dict[str, str], claims: list[dict], bottom: dict[str,
             cards.append(f'<div class="claim-card" style="--verdict:#888"><h4>{html.escape(title)}</h4>'
                          f"<p>Not executed at any profile yet.</p></div>")
             continue
-        line = html.escape(bottom.get(chapter, "")) or _computed_bottom_line(own)
+        line = html.escape(bottom.get(chapter, ""))
+        line = f"{line}</p><p>{_computed_bottom_line(own)}" if line else _computed_bottom_line(own)  # links
         profiles = ", ".join(sorted({c["profile"] for c in own}))
         cards.append(f'<div class="claim-card" style="--verdict:#2c5d8f"><h4><a href="{_chapter_link(chapter)}">'
                      f"{html.escape(title)}</a></h4><p>{len(own)} claims ({profiles} profile): {_counts(own)}.</p>"
