@@ -817,14 +817,14 @@ for claim_id in ("E6.5", "E6.6", "E6.7", "E6.14", "E6.8", "E6.9", "E6.10", "E6.1
 # machine slows all of them alike; ratios are to CE in the same run.
 #
 # **Peak memory.** On CUDA the chapter reads PyTorch's allocator (peak allocated during the step
-# minus allocated before it). On a CPU PyTorch keeps no allocation statistics, and `tracemalloc` sees
-# only Python's own allocator, not tensors. So the chapter starts a fresh Python process in which
-# glibc serves every allocation of 64 KiB or more with `mmap` (`MALLOC_MMAP_THRESHOLD_`), so a freed
+# minus allocated before it). On a CPU PyTorch keeps no allocation statistics, and Python's own
+# memory tracing does not see tensors. So the chapter starts a fresh Python process in which the C
+# library hands every allocation of 64 KiB or more straight to the operating system, so a freed
 # tensor leaves the resident memory at once, builds the same LeNet and batch there, and reads the
-# process's peak resident memory (`VmHWM`, reset through `/proc/self/clear_refs`) during one step
+# process's peak resident memory (Linux's high-water mark, reset before the step) during one step
 # after a warm-up step, minus the resident memory before it: the memory the step itself needs
 # (activations, graphs, gradients), without the model, the optimiser state and the interpreter.
-# Elsewhere (no Linux `/proc`) the memory column is left empty.
+# On a system other than Linux the memory column is left empty.
 
 # %%
 COST = ["CE", "l2 + cosd", "Hessian"]
