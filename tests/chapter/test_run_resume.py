@@ -80,27 +80,25 @@ def test_a_chapter_that_prints_to_stderr_is_not_published(chapter, monkeypatch):
 
     notebook, out, calls = chapter
 
-    def noisy_execute(path, tmp, parameters, **kw):
-        done = nbformat.read(path, as_version=4)
-        done.cells[0].outputs = [nbformat.v4.new_output("display_data", data={"text/html": KIT_FIGURE}),
-                                 nbformat.v4.new_output("stream", name="stderr", text="UserWarning: x\n")]
-        done.metadata["papermill"] = {}
-        return done
+    def executing(*outputs):  # papermill's stand-in: the chapter's first cell shows these outputs
+        def execute(path, tmp, parameters, **kw):
+            done = nbformat.read(path, as_version=4)
+            done.cells[0].outputs = list(outputs)
+            done.metadata["papermill"] = {}
+            return done
+        return execute
 
-    monkeypatch.setattr(papermill, "execute_notebook", noisy_execute)
+    monkeypatch.setattr(papermill, "execute_notebook", executing(
+        nbformat.v4.new_output("display_data", data={"text/html": KIT_FIGURE}),
+        nbformat.v4.new_output("stream", name="stderr", text="UserWarning: x\n")))
     with pytest.raises(RuntimeError, match=r"cells \[0\] printed to stderr"):
         run.execute_chapter(notebook, out, "smoke", {"images": "3"})
     assert not (out / notebook.name).exists()
     assert run.stderr_cells({"cells": [{"cell_type": "code", "metadata": {"tags": ["expected-warning"]},
                                          "outputs": [{"output_type": "stream", "name": "stderr"}]}]}) == []
 
-    def bare_figure(path, tmp, parameters, **kw):
-        done = nbformat.read(path, as_version=4)
-        done.cells[0].outputs = [nbformat.v4.new_output("display_data", data={"image/png": "iVBOR"})]
-        done.metadata["papermill"] = {}
-        return done
-
-    monkeypatch.setattr(papermill, "execute_notebook", bare_figure)
+    monkeypatch.setattr(papermill, "execute_notebook", executing(
+        nbformat.v4.new_output("display_data", data={"image/png": "iVBOR"})))
     with pytest.raises(RuntimeError, match=r"cells \[0\] show a figure without number or caption"):
         run.execute_chapter(notebook, out, "smoke", {"images": "3"})
     assert not (out / notebook.name).exists()
