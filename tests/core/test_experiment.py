@@ -83,3 +83,64 @@ def test_run_key_changes_with_the_shipped_checkpoints(tmp_path):
     (tmp_path / "m-book-1.json").write_text('{"sha256": "b"}')
     assert checkpoints_hash(tmp_path) != first
     assert checkpoints_hash(tmp_path / "missing") == checkpoints_hash(tmp_path / "also-missing")
+
+
+def _fake_package(root):
+    files = {
+        "__init__.py": "",
+        "core/__init__.py": "from .numbers import add\n",
+        "core/numbers.py": "def add(a, b):\n    return a + b\n",
+        "core/unused.py": "X = 1\n",
+        "explainers/__init__.py": "",
+        "explainers/gradient.py": "from ..core import add\n\ndef late():\n    from reliable_saliency.maps import sizes\n",
+        "maps/__init__.py": "",
+        "maps/sizes.py": "Y = 2\n",
+        "arena/__init__.py": "from . import table\n",
+        "arena/table.py": "from ..explainers import gradient\n",
+    }
+    for relative, text in files.items():
+        path = root / "reliable_saliency" / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root / "reliable_saliency"
+
+
+def test_library_hash_of_a_chapter_covers_exactly_what_it_imports(tmp_path):
+    """A chapter's key follows every module it loads (relative imports, imports inside functions,
+    the packages on the way) and ignores modules it never loads (a later chapter's harness)."""
+    package = _fake_package(tmp_path)
+    chapter = tmp_path / "chapter.py"
+    chapter.write_text("import numpy\nfrom reliable_saliency.explainers.gradient import late\n")
+    names = [p.relative_to(package).as_posix() for p in experiment.imported_modules(chapter, package)]
+    assert names == ["__init__.py", "core/__init__.py", "core/numbers.py", "explainers/__init__.py",
+                     "explainers/gradient.py", "maps/__init__.py", "maps/sizes.py"]
+    before = experiment.library_hash(package, imported_by=chapter)
+    for relative, counts in (("core/numbers.py", True), ("maps/sizes.py", True), ("core/unused.py", False),
+                             ("arena/table.py", False)):
+        target = package / relative
+        original = target.read_text()
+        target.write_text(original + "# changed\n")
+        assert (experiment.library_hash(package, imported_by=chapter) != before) is counts, relative
+        target.write_text(original)
+    (package / "arena" / "extra.py").write_text("Z = 3\n")
+    assert experiment.library_hash(package, imported_by=chapter) == before
+    assert experiment.library_hash(package) != experiment.library_hash(package, imported_by=chapter)
+
+
+def test_the_package_imports_its_modules_statically():
+    """The import closure reads import statements; a dynamic import would hide a dependency."""
+    package = Path(experiment.__file__).resolve().parents[1]
+    for path in package.rglob("*.py"):
+        text = path.read_text()
+        for dynamic in ("import_module(", "__import__(", "importlib"):
+            assert dynamic not in text, f"{path.relative_to(package)} uses {dynamic}"
+
+
+def test_every_chapter_key_follows_its_explainers():
+    """Each chapter's closure holds the modules behind its verdicts (the ledger's rule, the kit)."""
+    root = Path(experiment.__file__).resolve().parents[3]
+    for chapter in sorted((root / "notebooks").glob("[0-9]*.py")):
+        names = {p.relative_to(root / "lib" / "reliable_saliency").as_posix()
+                 for p in experiment.imported_modules(chapter)}
+        assert {"claims/rule.py", "chapter/kit.py", "core/experiment.py"} <= names, chapter.name
+        assert "chapter/run.py" not in names  # the runner decides what is accepted, not what is computed

@@ -107,7 +107,8 @@ def store_key(chapter: str, settings: experiment.Profile, S: SimpleNamespace, se
     if os.environ.get(RUN_KEY_ENV):
         return os.environ[RUN_KEY_ENV]
     source = PROJECT_ROOT / "notebooks" / f"{chapter}.py"
-    key = {"chapter": chapter, "library": experiment.library_hash(), "profile": dataclasses.asdict(settings),
+    key = {"chapter": chapter, "library": experiment.library_hash(imported_by=source) if source.exists()
+           else experiment.library_hash(), "profile": dataclasses.asdict(settings),
            "sizes": vars(S), "seed": seed,
            "source": hashlib.sha256(source.read_bytes()).hexdigest() if source.exists() else ""}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=repr).encode()).hexdigest()[:16]

@@ -98,11 +98,12 @@ def no_figure_error(name: str) -> RuntimeError:
 
 def run_key(notebook: Path, profile: str, values: dict) -> str:
     """What a chapter's result depends on, hashed (16 hex digits): its source (the py:percent file
-    when there is one), the whole library's sources, the shipped checkpoints (their sidecars, which
+    when there is one), the sources of the library modules it imports (directly or through other
+    modules: ``library_hash(imported_by=...)``), the shipped checkpoints (their sidecars, which
     carry each weight file's sha256), the profile and the parameters. The data are named by kind in
     the chapter's provenance, not hashed: the offline copies and the official files are read-only."""
     source = notebook.with_suffix(".py") if notebook.with_suffix(".py").exists() else notebook
-    key = {"source": hashlib.sha256(source.read_bytes()).hexdigest(), "library": library_hash(),
+    key = {"source": hashlib.sha256(source.read_bytes()).hexdigest(), "library": library_hash(imported_by=source),
            "checkpoints": checkpoints_hash(), "profile": profile,
            "parameters": {k: repr(v) for k, v in sorted(values.items())}}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]

@@ -31,6 +31,7 @@ __all__ = [
     "seed_everything",
     "pick_device",
     "library_hash",
+    "imported_modules",
     "Run",
     "start_run",
     "cache_dir",
@@ -102,15 +103,79 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def library_hash(package: Path | None = None) -> str:
-    """sha256 (12 hex digits) over every Python source of the ``reliable_saliency`` package (all
-    subpackages, not only ``core``): which code produced a result."""
-    digest = hashlib.sha256()
+def library_hash(package: Path | None = None, *, imported_by: Path | None = None) -> str:
+    """sha256 (12 hex digits) over the Python sources of the ``reliable_saliency`` package: every
+    module (all subpackages), or with ``imported_by`` (a chapter's source) only the modules that
+    source imports, directly or through other modules of the package (:func:`imported_modules`),
+    so a module the chapter never loads (a new chapter's harness) does not make it stale."""
     package = Path(package) if package else Path(__file__).resolve().parents[1]
-    for path in sorted(package.rglob("*.py")):
+    paths = imported_modules(Path(imported_by), package) if imported_by else sorted(package.rglob("*.py"))
+    digest = hashlib.sha256()
+    for path in paths:
         digest.update(path.relative_to(package).as_posix().encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
+
+
+def imported_modules(source: Path, package: Path | None = None) -> list[Path]:
+    """The files of ``package`` (``reliable_saliency``) that ``source`` (a ``.py`` file, or a
+    notebook's code cells) imports, transitively, in sorted order. Static: every ``import`` statement
+    counts, those inside functions too, with the ``__init__`` of each package on the way (importing
+    ``a.b.c`` runs ``a`` and ``a.b``). The package has no dynamic imports (a test checks it)."""
+    import ast
+    import json
+
+    package = Path(package) if package else Path(__file__).resolve().parents[1]
+    root = package.name
+
+    def file_of(name: str) -> Path | None:
+        parts = name.split(".")[1:]
+        for candidate in (package.joinpath(*parts, "__init__.py"), package.joinpath(*parts).with_suffix(".py")):
+            if parts or candidate.name == "__init__.py":
+                if candidate.is_file():
+                    return candidate
+        return None
+
+    def name_of(path: Path) -> tuple[str, bool]:
+        parts = list(path.relative_to(package).with_suffix("").parts)
+        is_package = parts[-1] == "__init__"
+        return ".".join([root, *(parts[:-1] if is_package else parts)]), is_package
+
+    def imports(code: str, module: str | None, is_package: bool) -> set[str]:
+        found = set()
+        for node in ast.walk(ast.parse(code)):
+            if isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    if module is None:
+                        continue
+                    base = module.split(".")[: len(module.split(".")) - node.level + (1 if is_package else 0)]
+                    base = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    base = node.module or ""
+                found.add(base)
+                found |= {f"{base}.{alias.name}" for alias in node.names}
+        return {name for name in found if name == root or name.startswith(root + ".")}
+
+    source = Path(source)
+    if source.suffix == ".ipynb":
+        cells = json.loads(source.read_text())["cells"]
+        code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+        code = "\n".join(line for line in code.splitlines() if not line.lstrip().startswith(("%", "!")))
+    else:
+        code = source.read_text()
+    seen: set[Path] = set()
+    pending = list(imports(code, None, False))
+    while pending:
+        name = pending.pop()
+        parts = name.split(".")
+        for depth in range(1, len(parts) + 1):  # the packages on the way, then the module itself
+            path = file_of(".".join(parts[:depth]))
+            if path is not None and path not in seen:
+                seen.add(path)
+                pending.extend(imports(path.read_text(), *name_of(path)))
+    return sorted(seen)
 
 
 def _git_commit() -> str:
