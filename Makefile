@@ -98,8 +98,10 @@ lock: env
 clean:
 	rm -rf _build
 
-# Time our explainers and metrics against captum and Quantus (see benchmarks/README.md).
-# Extra options: make bench BENCH_ARGS="--device cuda --images 256 --out benchmarks/results/NAME.json"
+# What each method costs: every explainer, paper method and metric at 32 and 224 px against the bound
+# of plain model passes and beside captum, Quantus, zennit and the authors' loops (benchmarks/README.md);
+# about 5 minutes on the 2-core CPU, writes benchmarks/results/suite-<device>.json for the book's page.
+# Extra options: make bench BENCH_ARGS="--device cuda" or BENCH_ARGS="--quick --sections gradient,rise"
 .PHONY: bench
 bench: env
-	$(BIN)/python -m benchmarks.compare_peers $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.suite $(BENCH_ARGS)

@@ -72,13 +72,15 @@ class Workload:
     # ------------------------------------------------------------------ configurations
 
     def ours(self, make: Callable[[int | None], Callable[[], object]], kind: str, n: int,
-             best: int | None = None) -> list[Config]:
-        """Our default (``batch_size=None``) and, where it differs, the sweep's best batch size."""
+             rows: int) -> list[Config]:
+        """Our default (``batch_size=None``) and, where it makes other passes, the sweep's best batch
+        size. ``rows``: the most model inputs the call could put in one pass (a batch size above it
+        changes nothing)."""
         default = resolve_batch_size(None, self.x[:n])
-        best = self.best(kind) if best is None else best
+        best = self.best(kind)
         configs = [Config(OURS, "ours", f"batch_size=None (default: {default})", make(None), True,
                           {"batch_size": None, "resolved": default}, key="ours")]
-        if best != default:
+        if min(best, rows) != min(default, rows):
             configs.append(Config(OURS, "ours", f"batch_size={best} (the sweep's best)", make(best), False,
                                   {"batch_size": best}, key="ours_best"))
         return configs
@@ -146,7 +148,7 @@ def run_gradient(w: Workload) -> dict:
 
     n = w.settings["gradient"]["images"]
     x, t = w.inputs(n)
-    configs = w.ours(lambda bs: lambda: explainers.gradient(w.model, x, t, batch_size=bs), "fwd_bwd", n)
+    configs = w.ours(lambda bs: lambda: explainers.gradient(w.model, x, t, batch_size=bs), "fwd_bwd", n, n)
     saliency = Saliency(w.model)
     for b, default in _peer_chunkings(n, w.best("fwd_bwd")):
         label = "all images in one call (default)" if default else f"chunks of {b} images"
@@ -173,7 +175,7 @@ def run_smoothgrad(w: Workload) -> dict:
         return explainers.smoothgrad(w.model, x, t, samples=s, noise_level=level, generator=w.generator(seed),
                                      batch_size=bs)
 
-    configs = w.ours(lambda bs: lambda: ours(bs), "fwd_bwd", n)
+    configs = w.ours(lambda bs: lambda: ours(bs), "fwd_bwd", n, n * s)
     # captum's stdevs is one absolute number for the batch: the mean of our per-image sigma
     flat = x.flatten(1)
     stdev = float((level * (flat.amax(1) - flat.amin(1))).mean())
@@ -205,7 +207,7 @@ def run_integrated_gradients(w: Workload) -> dict:
         return explainers.integrated_gradients(model, inputs, target, steps=s, method="midpoint", baseline="zero",
                                                batch_size=bs)
 
-    configs = w.ours(lambda bs: lambda: ours(w.model, x, t, bs), "fwd_bwd", n)
+    configs = w.ours(lambda bs: lambda: ours(w.model, x, t, bs), "fwd_bwd", n, n * s)
     ig = IntegratedGradients(w.model)
 
     def captum(ibs):
@@ -236,7 +238,7 @@ def run_gradcam(w: Workload) -> dict:
 
     n = w.settings["gradcam"]["images"]
     x, t = w.inputs(n)
-    configs = w.ours(lambda bs: lambda: explainers.gradcam(w.model, x, t, batch_size=bs), "fwd_bwd", n)
+    configs = w.ours(lambda bs: lambda: explainers.gradcam(w.model, x, t, batch_size=bs), "fwd_bwd", n, n)
     layer, call = last_spatial_layer(w.model, x)
     notes = [f"layer {layer} (the library's default: the last spatial layer); the backward pass stops at that "
              "layer, so the bound counts every model input as a forward pass (a lower bound)"]
@@ -302,7 +304,7 @@ def _zennit(model: nn.Module):
 def run_lrp_epsilon(w: Workload) -> dict:
     n = w.settings["lrp_epsilon"]["images"]
     x, t = w.inputs(n)
-    configs = w.ours(lambda bs: lambda: explainers.lrp_epsilon(w.model, x, t, batch_size=bs), "fwd_bwd", n)
+    configs = w.ours(lambda bs: lambda: explainers.lrp_epsilon(w.model, x, t, batch_size=bs), "fwd_bwd", n, n)
     oracle, explain = _zennit(w.model)
     for b, default in _peer_chunkings(n, w.best("fwd_bwd")):
         label = "all images in one call (default)" if default else f"chunks of {b} images"
@@ -330,7 +332,7 @@ def run_rise(w: Workload) -> dict:
         return explainers.rise(w.model, x, t, masks=masks, grid_size=grid,
                                generator=torch.Generator().manual_seed(seed), batch_size=bs)
 
-    configs = w.ours(lambda bs: lambda: ours(bs), "fwd", n)
+    configs = w.ours(lambda bs: lambda: ours(bs), "fwd", n, n * masks)
     per_pass = min(masks, authors.RISE_GPU_BATCH)
     configs.append(Config("authors' loop", "peer", f"one image per call, {per_pass} masks per pass (gpu_batch 100)",
                           lambda: authors.rise_loop(w.model, x, t, masks=masks, grid_size=grid), True,
@@ -348,7 +350,7 @@ def run_relex(w: Workload) -> dict:
         return explainers.relex(w.model, x, t, iterations=iterations, samples=samples, generator=w.generator(seed),
                                 batch_size=bs)
 
-    configs = w.ours(lambda bs: lambda: ours(bs), "fwd_bwd", n)
+    configs = w.ours(lambda bs: lambda: ours(bs), "fwd_bwd", n, n * 2 * samples)
     frozen = authors.frozen(w.model)
     configs.append(Config("authors' loop", "peer", f"one image per call, 2 passes of {samples} copies per iteration",
                           lambda: authors.relex_loop(frozen, x, t, iterations=iterations, samples=samples), True,
@@ -365,7 +367,8 @@ def run_dance(w: Workload) -> dict:
     options = {"stride": st["stride"], "steps": st["steps"], "repair": st["repair"]}
     x, t = w.inputs(n)
     positions = patch_positions(w.size, w.size, 3, st["stride"]).shape[0]
-    configs = w.ours(lambda bs: lambda: explainers.dance(w.model, x, t, batch_size=bs, **options), "fwd_bwd", n)
+    configs = w.ours(lambda bs: lambda: explainers.dance(w.model, x, t, batch_size=bs, **options), "fwd_bwd", n,
+                     n * 2 * positions)
     configs.append(Config("one image per call", "peer", f"the library per image, its {2 * positions} decoys per pass "
                           "(the authors' code could not be read)", lambda: authors.dance_loop(w.model, x, t, **options),
                           True, {"batch_size": 2 * positions}, key="loop"))
@@ -384,7 +387,7 @@ def run_mask_search(w: Workload) -> dict:
         return explainers.mask_search(w.model, x, t, passes=passes, grid_size=grid,
                                       generator=torch.Generator().manual_seed(seed), batch_size=bs)
 
-    configs = w.ours(lambda bs: lambda: ours(bs), "fwd", n, best=min(n, w.best("fwd")))
+    configs = w.ours(lambda bs: lambda: ours(bs), "fwd", n, n)  # one chain per image: n inputs per pass
     configs.append(Config("authors' loop", "peer", "one image per call, one input per pass",
                           lambda: authors.mask_search_loop(w.model, x, t, passes=passes, grid_size=grid), True, {},
                           key="loop"))
@@ -409,7 +412,7 @@ def run_reliability(w: Workload) -> dict:
     def ours(bs):
         return lambda: adversarial_reliability(w.model, x, maps, t, seeds=seeds, batch_size=bs, **options).budgets
 
-    configs = w.ours(ours, "fwd", n)
+    configs = w.ours(ours, "fwd", n, n * (2 + 2 * options["permutations"]))
     configs.append(Config("authors' loop", "peer", "one image per call; per variant and budget one pass "
                           f"(1 input, or the {options['permutations']} permutations)",
                           lambda: authors.reliability_loop(w.model, x, maps, t, seeds=seeds, **options), True, {},
@@ -477,7 +480,7 @@ def run_max_sensitivity(w: Workload) -> dict:
         return evaluation.max_sensitivity(explainers.gradient, w.model, x, t, radius=r, samples=s,
                                           generator=w.generator(seed), batch_size=bs)
 
-    configs = w.ours(lambda bs: lambda: ours(bs), "fwd_bwd", n)
+    configs = w.ours(lambda bs: lambda: ours(bs), "fwd_bwd", n, n * (s + 1))
     saliency = Saliency(w.model)
 
     def captum_explain(inputs, target):  # captum calls it under no_grad
@@ -542,7 +545,7 @@ def run_deletion(w: Workload) -> dict:
         return lambda: evaluation.deletion_auc(w.model, x, maps, t, substrate="zero", steps=k, batch_size=bs,
                                                return_curve=True)[1]
 
-    configs = w.ours(ours, "fwd", n)
+    configs = w.ours(ours, "fwd", n, n * (k + 1))
     # Quantus flips `features_in_step` entries of the flattened (C, H, W) input per step and asserts
     # that it divides H * W: C * k steps of H * W / k entries; every C-th point is one of ours.
     per_step = h * width // k

@@ -23,9 +23,11 @@ SECTIONS = {
     "rise": ("RISE", "4000 masks, grid 7 (Petsiuk et al.)"),
     "relex": ("RelEx (paper A)", "50 iterations x 2 passes of 50 noisy copies = 5000 passes"),
     "dance": ("DANCE around the gradient (paper B)",
-              "3x3 patch at stride 3 (5625 positions at 224 px), 20 solver steps per decoy"),
+              "3x3 patch at stride 3 (5625 positions at 224 px), 20 solver steps and up to 6 repair "
+              "passes per decoy"),
     "mask_search": ("Mask search (paper D)", "5000 passes, grid 8 (4 at 32 px)"),
-    "reliability": ("sigma* (paper C)", "10 permutations per shuffled variant, 4 variants, 22 rows per image"),
+    "reliability": ("sigma* (paper C)", "10 permutations per shuffled variant (22 rows per image); the library's "
+                    "bisection: scan 10, 14 steps"),
     "l2_cosd": ("l2 + cosd training step (paper E)", "batch 128, one neighbour per example"),
     "max_sensitivity": ("Max-sensitivity of the gradient", "10 samples in an L-inf ball of radius 0.02"),
     "deletion": ("Deletion (pixel flipping)", "224 steps at 224 px, 32 at 32 px"),
@@ -57,7 +59,7 @@ SCALED = {
         "reliability": {"images": 16},
         "l2_cosd": {"batch": 64},
         "bound": {"batch_sizes": (1, 8, 16, 32, 64, 128, 256), "rows": 128,
-                  "train_batch_sizes": (8, 16, 32, 64, 128), "train_rows": 64},
+                  "train_batch_sizes": (16, 32, 64), "train_rows": 32},
     },
     224: {
         "images": 4, "repeats": 3,
