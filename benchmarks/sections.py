@@ -451,7 +451,7 @@ def run_l2_cosd(w: Workload) -> dict:
     configs = [
         Config(OURS, "ours", f"regularised_loss(l2_cosd) + backward + clip + Adam, batch {n}", step, True,
                {"batch": n, "regulariser": "l2_cosd"}, model=model, kind="double_backprop", key="ours"),
-        Config(f"{OURS} (cross-entropy)", "reference", f"the same step with plain cross-entropy, batch {n}", ce_step,
+        Config("plain cross-entropy step", "reference", f"the same step with plain cross-entropy, batch {n}", ce_step,
                False, {"batch": n, "regulariser": None}, model=ce_model, kind="train", key="ce"),
     ]
     section = w.run("l2_cosd", n, configs, None, notes=[

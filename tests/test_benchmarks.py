@@ -210,3 +210,15 @@ def test_command_line_defaults(bench):
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit):
             suite.parse_args(["--device", "cuda"])
+
+
+def test_the_book_page_reads_the_suite_results(bench, quick_run, tmp_path):
+    """The page's extension reads what the suite writes (the same JSON, end to end)."""
+    from reliable_saliency.chapter import costs_page
+
+    _, _, settings = bench
+    _, out, _, _ = quick_run
+    page = costs_page.render_page(out.parent, tmp_path / "figures")
+    assert "comes from a `--quick` run" in page and (tmp_path / "figures" / "costs-cpu.png").is_file()
+    for title, _ in settings.SECTIONS.values():
+        assert title in page
