@@ -20,6 +20,7 @@ from torch import Tensor
 
 __all__ = [
     "CPU_PIXEL_BUDGET",
+    "CPU_BATCH_RANGE",
     "CUDA_PIXEL_BUDGET",
     "default_batch_size",
     "resolve_batch_size",
@@ -31,20 +32,26 @@ __all__ = [
     "ImageNoise",
 ]
 
-# Model-input pixels (H * W) per forward pass. CPU: 64 inputs of 32x32 is the measured sweet spot
-# for the CIFAR LeNet; larger images get proportionally fewer inputs per chunk.
-CPU_PIXEL_BUDGET = 64 * 32 * 32
+# CPU: model inputs per pass from a pixel budget, kept between 16 and 64 inputs. Measured on the
+# project's 2-core CPU (benchmarks/batch_rule.py, results in benchmarks/results/): the time per input
+# falls until 16-32 inputs share a pass at every size from 32 to 224 px (one 224-px input per pass
+# costs 1.44-1.51x the best), and more than 64 small inputs per pass get slower again.
+CPU_PIXEL_BUDGET = 128 * 32 * 32
+CPU_BATCH_RANGE = (16, 64)
 # CUDA: 1024 CIFAR inputs, 20 ImageNet (224x224) inputs per pass; conservative, so that a
 # create_graph pass of a CIFAR ResNet-18 still fits in GPU memory (not measured on a GPU yet).
 CUDA_PIXEL_BUDGET = 1024 * 32 * 32
 
 
 def default_batch_size(x: Tensor) -> int:
-    """Model inputs per forward pass for images like ``x`` (N, C, H, W): a pixel budget divided by
-    ``H * W`` (64 inputs of 32x32 on CPU, 1024 on CUDA), at least 1."""
-    pixels = x.shape[-2] * x.shape[-1]
-    budget = CUDA_PIXEL_BUDGET if x.device.type == "cuda" else CPU_PIXEL_BUDGET
-    return max(1, budget // max(1, pixels))
+    """Model inputs per forward pass for images like ``x`` (N, C, H, W). CPU: ``128 * 32 * 32``
+    pixels divided by ``H * W``, kept within 16..64 (64 inputs of 32 x 32, 32 of 64 x 64, 16 from
+    about 90 x 90 up); CUDA: ``1024 * 32 * 32`` pixels divided by ``H * W``, at least 1."""
+    pixels = max(1, x.shape[-2] * x.shape[-1])
+    if x.device.type == "cuda":
+        return max(1, CUDA_PIXEL_BUDGET // pixels)
+    low, high = CPU_BATCH_RANGE
+    return min(high, max(low, CPU_PIXEL_BUDGET // pixels))
 
 
 def resolve_batch_size(batch_size: int | None, x: Tensor) -> int:
