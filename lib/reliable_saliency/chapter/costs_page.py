@@ -91,7 +91,9 @@ def _number(value: float | None, spec: str) -> str:
 
 
 def _cell(text: str, tag: str = "td", numeric: bool = False, rows: int = 1) -> str:
-    style = ("text-align:right;white-space:nowrap" if numeric else "text-align:left") + ";padding:0.15em 0.45em"
+    # numbers never break (a header may); 0.3em padding keeps the 8 columns inside the 688-px column
+    style = ("text-align:right" + (";white-space:nowrap" if tag == "td" else "") if numeric else "text-align:left")
+    style += ";padding:0.15em 0.3em"
     span = f' rowspan="{rows}"' if rows > 1 else ""
     return f'<{tag}{span} style="{style};vertical-align:top">{text}</{tag}>'
 
@@ -161,7 +163,7 @@ def _cost_table(result: dict, sizes: list[int]) -> str:
             bound = _number(ours and ours["x_bound"], ".2f")
             if ours and ours.get("x_bound_at_own_batch"):
                 own = ours["x_bound_at_own_batch"]
-                bound += f"<br><small>{own['x_bound']:.2f} at batch {own['batch']}</small>"
+                bound += f'<br><small style="white-space:normal">{own["x_bound"]:.2f} at batch {own["batch"]}</small>'
             mine = [f"{size} px", _number(ours and ours["passes_per_image"], ",.4g"),
                     _seconds(ours and ours["seconds_per_image"]), bound]
             if memory:
