@@ -8,7 +8,8 @@ work per pass, so their time against the library's batched call measures the bat
 
 - RISE (Petsiuk et al., ``explanations.py``): masks drawn once per call and shared by the images;
   per image, the masked copies in model calls of ``gpu_batch`` = 100, softmax probabilities, the
-  target's probability-weighted sum of the masks.
+  target's probability-weighted sum of the masks. The grids and shifts are drawn in the order the
+  library draws them, so with the same seed the masks coincide up to the upsampling at the border.
 - RelEx (``JBNU-VL/RelEx``, ``relex.py``): per image an SGD optimiser on the mask (momentum 0.99);
   per iteration one call of ``samples`` noisy copies times the mask and one of the copies times
   (1 - mask), the per-copy losses back-propagated with weights 1 / samples, the mask gradient
