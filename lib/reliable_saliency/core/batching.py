@@ -32,21 +32,21 @@ __all__ = [
     "ImageNoise",
 ]
 
-# CPU: model inputs per pass from a pixel budget, kept between 16 and 64 inputs. Measured on the
+# CPU: model inputs per pass from a pixel budget, kept between 8 and 32 inputs. Measured on the
 # project's 2-core CPU (benchmarks/batch_rule.py, results in benchmarks/results/): the time per input
-# falls until 16-32 inputs share a pass at every size from 32 to 224 px (one 224-px input per pass
-# costs 1.44-1.51x the best), and more than 64 small inputs per pass get slower again.
-CPU_PIXEL_BUDGET = 128 * 32 * 32
-CPU_BATCH_RANGE = (16, 64)
+# falls until 8-32 inputs share a pass at every size from 32 to 224 px (one 224-px input per pass
+# costs 1.4-1.5x the best), and 64 or more 32-px inputs (32 or more 224-px ones) get slower again.
+CPU_PIXEL_BUDGET = 64 * 64 * 64
+CPU_BATCH_RANGE = (8, 32)
 # CUDA: 1024 CIFAR inputs, 20 ImageNet (224x224) inputs per pass; conservative, so that a
 # create_graph pass of a CIFAR ResNet-18 still fits in GPU memory (not measured on a GPU yet).
 CUDA_PIXEL_BUDGET = 1024 * 32 * 32
 
 
 def default_batch_size(x: Tensor) -> int:
-    """Model inputs per forward pass for images like ``x`` (N, C, H, W). CPU: ``128 * 32 * 32``
-    pixels divided by ``H * W``, kept within 16..64 (64 inputs of 32 x 32, 32 of 64 x 64, 16 from
-    about 90 x 90 up); CUDA: ``1024 * 32 * 32`` pixels divided by ``H * W``, at least 1."""
+    """Model inputs per forward pass for images like ``x`` (N, C, H, W). CPU: ``64 * 64 * 64``
+    pixels divided by ``H * W``, kept within 8..32 (32 inputs up to 64 x 64, 16 of 128 x 128, 8 of
+    224 x 224); CUDA: ``1024 * 32 * 32`` pixels divided by ``H * W``, at least 1."""
     pixels = max(1, x.shape[-2] * x.shape[-1])
     if x.device.type == "cuda":
         return max(1, CUDA_PIXEL_BUDGET // pixels)
