@@ -219,7 +219,13 @@ def lrp_epsilon(
     epsilon = number("epsilon", epsilon)
 
     def epsilon_rule(grad, z):
-        return grad * (z / torch.where(z >= 0, z + epsilon, z - epsilon))
+        # z + epsilon * sign(z) with sign(+0) = +1; copysign gives -epsilon at z = -0.0, where the
+        # ratio is 0 either way. Without a graph to keep: one temporary, updated in place (the
+        # rule's cost is memory traffic).
+        if z.requires_grad or grad.requires_grad:  # create_graph
+            return grad * (z / (z + torch.copysign(z.new_tensor(epsilon), z)))
+        denominator = torch.copysign(z.new_tensor(epsilon), z).add_(z)
+        return torch.div(z, denominator, out=denominator).mul_(grad)
 
     with _output_rule(model, objective, _LRP_LINEAR, epsilon_rule, "lrp_epsilon", needs_output=True):
         source = graph_input(x, create_graph)
