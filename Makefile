@@ -77,7 +77,7 @@ smoke-book: nbval
 	cp _config.yml $(SMOKE_DIR)/ && cp -r _static $(SMOKE_DIR)/ && cp book/*.md book/*.bib $(SMOKE_DIR)/book/
 	{ printf 'format: jb-book\nroot: book/intro\nchapters:\n  - file: book/verdicts\n'; \
 	  for nb in $(NOTEBOOKS); do printf '  - file: book/chapters/%s\n' "$$(basename $$nb .ipynb)"; done; \
-	  printf '  - file: book/api\n'; } > $(SMOKE_DIR)/_toc.yml
+	  printf '  - file: book/costs\n  - file: book/api\n'; } > $(SMOKE_DIR)/_toc.yml
 	$(BIN)/jupyter-book build --quiet -W -n --keep-going $(SMOKE_DIR)
 
 # The built smoke site in headless Chromium (Debian's `chromium`, or $CHROMIUM): every page opened,
