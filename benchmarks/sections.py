@@ -23,7 +23,7 @@ from reliable_saliency.core.batching import image_seeds, resolve_batch_size
 from . import authors
 from .harness import (Config, Timer, add_ratios, budget_agreement, curve_agreement, float64_copy,
                       map_agreement, monte_carlo, passes_by_kind, x_bound)
-from .settings import SECTIONS
+from .settings import PAPER_PASSES, SECTIONS
 
 OURS = "reliable_saliency"
 
@@ -127,7 +127,9 @@ class Workload:
                 agreement = {"kind": "deterministic", "ok": False, "problem": f"{type(error).__name__}: {error}"}
         title, paper = SECTIONS[name]
         settings = {k: v for k, v in self.settings[name].items()}
-        return {"name": name, "title": title, "paper_setting": paper, "settings": settings, "images": n,
+        paper_passes = PAPER_PASSES.get(name, {}).get(self.size)
+        return {"name": name, "title": title, "paper_setting": paper, "paper_passes": paper_passes,
+                "settings": settings, "images": n,
                 "sequential": sequential, "rows": rows, "agreement": agreement, "notes": notes or []}
 
 

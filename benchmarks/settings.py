@@ -33,6 +33,19 @@ SECTIONS = {
     "deletion": ("Deletion (pixel flipping)", "224 steps at 224 px, 32 at 32 px"),
 }
 
+# Model passes per explained image at the papers' own settings, per size: the costs page multiplies
+# them by the measured seconds per pass to estimate the cost of a paper-sized run. DANCE and sigma*
+# depend on the image: DANCE counts one repair pass per decoy (up to 6), sigma* the 331 passes per
+# image the library's defaults made on the LeNet (22 rows x about 15 budgets).
+PAPER_PASSES = {
+    "gradient": {32: 1, 224: 1}, "gradcam": {32: 1, 224: 1}, "lrp_epsilon": {32: 1, 224: 1},
+    "smoothgrad": {32: 50, 224: 50}, "integrated_gradients": {32: 50, 224: 50},
+    "rise": {32: 4000, 224: 4000}, "relex": {32: 5000, 224: 5000},
+    "dance": {32: 2 * 11**2 * (20 + 1 + 1), 224: 2 * 75**2 * (20 + 1 + 1)},
+    "mask_search": {32: 5000, 224: 5000}, "reliability": {32: 331, 224: 331},
+    "l2_cosd": {32: 2, 224: 2}, "max_sensitivity": {32: 11, 224: 11}, "deletion": {32: 33, 224: 225},
+}
+
 # The work per image is the same at every size, so that a method's seconds per image at 32 and at
 # 224 px compare (the figure of the book's page); only the number of images, the grid of the masks
 # (the paper D port: 4 cells at 32 px, 8 at 224) and the training batch follow the size.

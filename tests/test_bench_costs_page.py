@@ -109,7 +109,7 @@ def test_memory_column_only_where_measured(tmp_path):
     page = costs_page.render_page(tmp_path / "results", tmp_path / "figures")
     assert "Peak memory" in page and page.count(">3 MiB<") == 6
     header = re.search(r"<thead>.*?</thead>", page, re.S).group(0)
-    assert header.count("</th>") == 8  # method, size, passes, seconds, x bound, memory, peer, ratio
+    assert header.count("</th>") == 9  # method, size, passes, seconds, x bound, papers', memory, peer, ratio
 
 
 def test_the_sphinx_hook_writes_the_page_and_keeps_it_when_unchanged(tmp_path, monkeypatch):
@@ -136,3 +136,16 @@ def test_results_are_looked_for_in_the_book_then_in_the_checkout(tmp_path):
 @pytest.mark.parametrize("seconds, shown", [(None, "–"), (4.2e-5, "42 µs"), (0.0123, "12.3 ms"), (3.456, "3.46 s")])
 def test_seconds_are_formatted_for_reading(seconds, shown):
     assert costs_page._seconds(seconds) == shown
+
+
+def test_the_cost_at_the_papers_settings_is_their_passes_times_our_seconds_per_pass(tmp_path):
+    """50 SmoothGrad samples at 2.1 ms per 4 passes: 26.2 ms; a section without paper passes shows a dash."""
+    result = make_result()
+    smoothgrad = result["workloads"][0]["sections"][1]
+    smoothgrad["paper_passes"] = 50
+    write(tmp_path / "results", "cpu", result)
+    page = costs_page.render_page(tmp_path / "results", tmp_path / "figures")
+    assert "26.2 ms<br><small>50 passes</small>" in page
+    assert "At the papers' settings (est.)" in page
+    assert costs_page._at_paper_settings({"paper_passes": None}, smoothgrad["rows"][0]) == "–"
+    assert costs_page._seconds(3 * 3600) == "3 h" and costs_page._seconds(300) == "5 min"
