@@ -10,10 +10,12 @@ Layers (a package may import only from its own layer or lower ones)::
     2  explainers
     3  attacks
     4  evaluation, training
-    5  claims, chapter
+    5  arena
+    6  claims, chapter
 
-``claims`` is a top-layer module (only ``chapter`` may import it) that itself may import only
-``core``. The package root ``reliable_saliency/__init__.py`` counts as ``core``.
+``arena`` (issue 27's harness) uses everything below it and nothing above; no module below it may
+import it (a chapter's run key hashes the modules it imports). ``claims`` is a top-layer module
+(only ``chapter`` may import it) that itself may import only ``core``. The package root ``reliable_saliency/__init__.py`` counts as ``core``.
 
 Every import statement counts, wherever it is (function bodies and ``TYPE_CHECKING`` blocks
 included): the layers are about dependencies, not about when an import runs. Relative imports
@@ -37,8 +39,9 @@ LAYERS = {
     "explainers": 2,
     "attacks": 3,
     "evaluation": 4, "training": 4,
-    "claims": 5, "chapter": 5,
-    "__main__": 6,  # python -m reliable_saliency: the command line, above everything
+    "arena": 5,
+    "claims": 6, "chapter": 6,
+    "__main__": 7,  # python -m reliable_saliency: the command line, above everything
 }
 # Packages whose own imports are restricted further than their layer allows.
 MAY_IMPORT_ONLY = {"claims": {"core"}}
@@ -305,7 +308,7 @@ def test_the_checks_catch_violations(tmp_path):
     assert "core (layer 0) must not import maps (layer 1)" in upward
     assert one("'extras' is in no layer").startswith("reliable_saliency.extras:")
     assert "`from .maps.similarity import g`: claims may import only ['core']" in one("claims.py:2")
-    assert "attacks (layer 3) must not import claims (layer 5)" in one("attacks/ghorbani.py:1")
+    assert "attacks (layer 3) must not import claims (layer 6)" in one("attacks/ghorbani.py:1")
 
     cycles = import_cycles(modules, found)
     assert len(cycles) == 2, cycles

@@ -1,0 +1,25 @@
+"""The arena (issue 27): every explainer against every model and perturbation under one protocol,
+with the controls, through the result store; one long table, ranks with bootstrap intervals, and
+the cases where a control ranks at or above a method.
+
+- :mod:`.settings`: the axes as data and the profiles (``smoke``, ``book``, ``paper``);
+- :mod:`.controls`: the random map, the edge map and the smoothed |gradient| as explainers;
+- :mod:`.routes`: the scored maps and how each attack is aimed at them;
+- :mod:`.perturb`, :mod:`.measures`, :mod:`.cells`, :mod:`.localisation`: one cell's work;
+- :mod:`.harness`: :func:`run_arena`, the long table;
+- :mod:`.ranking`: ranks with bootstrap intervals, controls at or above methods;
+- :mod:`.estimate`: the CPU time of a profile from pass counts.
+
+Nothing outside this package imports it (a chapter's run key hashes the modules it imports).
+"""
+
+from .controls import CONTROLS, edge_map, random_map, smoothed_gradient, sobel_magnitude
+from .harness import COLUMNS, measures_of, run_arena
+from .settings import (ATTACKS, CONTROL_NAMES, EXPLAINERS, HIGHER_IS_BETTER, MEASURES, METHODS, MODELS, PERTURBATIONS,
+                       PROFILES, ArenaSettings, arena_settings)
+
+__all__ = [
+    "run_arena", "COLUMNS", "measures_of", "arena_settings", "ArenaSettings", "PROFILES",
+    "EXPLAINERS", "METHODS", "CONTROL_NAMES", "MODELS", "PERTURBATIONS", "ATTACKS", "MEASURES", "HIGHER_IS_BETTER",
+    "CONTROLS", "random_map", "edge_map", "smoothed_gradient", "sobel_magnitude",
+]

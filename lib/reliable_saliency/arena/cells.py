@@ -1,0 +1,222 @@
+"""One explainer x one model of the arena on one shard of images: every measure and every
+perturbation, as a flat dict of per-image tensors for the result store.
+
+Keys are ``"<perturbation>|<measure>|<field>"`` (fields ``value``, ``baseline``, ``doubled``,
+``restart``: the measure under the perturbation, under random sign noise of the same budget, and
+on the strength subset after twice the steps and after a random restart) and
+``"<perturbation>||<field>"`` for what belongs to the perturbation itself (label kept, the
+perturbation's mean and max per pixel, its budget, the attack's goal on its own map, the plateau
+read-out, the surrogate distance, seconds per image). Measures without a perturbation use the
+perturbation ``"none"``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..core.perturbation import pixel_change
+from ..evaluation import retrieval
+from ..maps.similarity import spearman
+from ..models.smoothing import to_softplus
+from .measures import (GOALS, PassCounter, clean_retrieval, faithfulness, goal_value, pixel_map,
+                       reliability, sanity, stability)
+from .perturb import RESTARTABLE, random_noise, run_perturbation, steps_of
+from ..explainers.decoys import make_decoys
+from .routes import aim, decoy_options, decoys_of, retrieval_mask, scored_explainer
+from .settings import ArenaSettings
+
+__all__ = ["Shared", "pair_shard", "shared_shard"]
+
+_NAN = float("nan")
+
+
+@dataclass
+class Shared:
+    """What every explainer of one model shares (from :func:`shared_shard`, all images): the random
+    sign noise and PGD's images, and PGD's strength runs on the subset (NaN images elsewhere)."""
+
+    x_noise: Tensor
+    noise_kept: Tensor
+    x_pgd: Tensor
+    pgd_kept: Tensor
+    x_pgd_doubled: Tensor
+    x_pgd_restart: Tensor
+
+
+def _full(n: int, value: float = _NAN) -> Tensor:
+    return torch.full((n,), value, dtype=torch.float64)
+
+
+def shared_shard(model: nn.Module, x: Tensor, y: Tensor, index, settings: ArenaSettings) -> dict[str, Tensor]:
+    """The random sign noise and PGD (with its doubled-steps and restart runs on the strength
+    subset) for images ``index``; the explainer-independent perturbations of one model."""
+    aimed = aim("gradient", "pgd", model, x, settings, index)
+    noise, noise_kept = random_noise(model, x, y, settings, index)
+    run = run_perturbation("pgd", aimed, model, x, y, settings, index)
+    doubled, restart = torch.full_like(x, _NAN), torch.full_like(x, _NAN)
+    subset = [i for i, image in enumerate(index) if image < settings.strength_images]
+    if subset:
+        pick = torch.tensor(subset)
+        sub_index = [index[i] for i in subset]
+        doubled[pick] = run_perturbation("pgd", aimed, model, x[pick], y[pick], settings, sub_index,
+                                         steps=2 * settings.pgd_steps).x_adv
+        restart[pick] = run_perturbation("pgd", aimed, model, x[pick], y[pick], settings, sub_index, restart=True).x_adv
+    return {"x_noise": noise, "noise_kept": noise_kept.double(), "x_pgd": run.x_adv, "pgd_kept": run.label_kept.double(), "x_pgd_doubled": doubled,
+            "x_pgd_restart": restart}
+
+
+class _Scorer:
+    """The measures of one explainer's maps against its clean maps, on a shard."""
+
+    def __init__(self, name, index, model, y, clean_px, targets, settings):
+        self.name, self.index, self.model, self.y = name, index, model, y
+        self.clean, self.targets, self.settings = clean_px, targets, settings
+        self.explain = scored_explainer(name, settings, index)
+
+    def __call__(self, perturbation: str, x_at: Tensor, rows=None) -> dict[str, Tensor]:
+        """Every measure of the map at ``x_at`` (of the images ``rows`` of the shard, or all)."""
+        explain = self.explain
+        if rows is None:
+            rows = slice(None)
+        else:  # the subset's own seeds
+            explain = scored_explainer(self.name, self.settings, [self.index[int(i)] for i in rows])
+        raw = explain(self.model, x_at, self.y[rows])
+        px = pixel_map(raw)
+        values = stability(self.clean[rows], px, self.settings)
+        hit, _ = retrieval(self.model, x_at, retrieval_mask(self.name, raw.detach()), self.y[rows])
+        values["retrieval"] = hit.double()
+        targets = None if self.targets is None else self.targets[rows]
+        goal = goal_value(perturbation, self.clean[rows], px, targets)
+        if goal is not None:
+            values[GOALS[perturbation]] = goal
+        return {k: v.double().cpu() for k, v in values.items()}
+
+
+def _surrogate_distance(aimed, model, x, y, clean_px) -> Tensor:
+    """Spearman between the map the attack differentiates (on the model it differentiates) and the
+    scored map, on the clean images."""
+    attack_model = to_softplus(model, aimed.beta) if aimed.beta else model
+    raw = aimed.explainer(attack_model, x, y)
+    return spearman(pixel_map(raw), clean_px).double().cpu()
+
+
+def pair_shard(name: str, model: nn.Module, x: Tensor, y: Tensor, index, settings: ArenaSettings,
+               shared: Shared, perturbations, next_image: tuple, randomised: nn.Module,
+               classes: int) -> dict[str, Tensor]:
+    """Every measure of explainer ``name`` on ``model`` for the images ``x`` (their numbers in the
+    run: ``index``); ``shared`` holds this shard's noise and PGD images; ``next_image``: ``(x, y,
+    number)`` of the image after the shard's last (Dombrowski's target for each image is the map of
+    the next image of the run)."""
+    n, s = x.shape[0], settings
+    explain = scored_explainer(name, s, index)
+    out: dict[str, Tensor] = {}
+    with PassCounter(model) as counter:
+        raw = explain(model, x, y)
+    out["none||passes"] = _full(n, counter.passes / n)
+    out["none||seconds"] = _full(n, counter.seconds / n)
+    clean = pixel_map(raw)
+    for key, value in faithfulness(model, x, clean, y, s).items():
+        out[f"none|{key}|value"] = value.double().cpu()
+    rel = reliability(model, x, raw, y, s, index)
+    out["none|sigma_rel|value"], out["none|sigma_rel|baseline"] = rel["sigma_rel"], rel["sigma_rel_null"]
+    out["none|sigma_irel|value"], out["none|sigma_irel|baseline"] = rel["sigma_irel"], rel["sigma_irel_null"]
+    found = clean_retrieval(model, x, name, raw, explain, y, classes)
+    out["none|retrieval_clean|value"] = found["retrieval_clean"]
+    out["none|retrieval_clean|baseline"] = found["retrieval_wrong_class"]
+    out["none|sanity_spearman|value"] = sanity(explain, randomised, x, y, clean).double().cpu()
+    for key in ("passes", "seconds"):
+        out[f"none|{key}|value"] = out[f"none||{key}"]
+
+    targets = _next_maps(name, s, index, clean, next_image, model) if "dombrowski" in perturbations else None
+    score = _Scorer(name, index, model, y, clean, targets, s)
+    noise = score("random_sign", shared.x_noise)
+    subset = [i for i, image in enumerate(index) if image < s.strength_images]
+    surrogates: dict[tuple, Tensor] = {}
+    decoys = make_decoys(model, x.detach(), **decoy_options(s)) if name == "dance" else None  # solved once
+    for p in perturbations:
+        aimed = aim(name, p, model, x, s, index, decoys)
+        started = time.perf_counter()
+        attack_value, plateau, flat = _full(n), _full(n), _full(n, 0.0)
+        if p == "random_sign":
+            x_adv, kept = shared.x_noise, shared.noise_kept.bool()
+        elif p == "pgd":
+            x_adv, kept = shared.x_pgd, shared.pgd_kept.bool()
+        elif aimed.explainer is None:  # not attackable: measured at the noise of the same budget
+            x_adv, kept = shared.x_noise, shared.noise_kept.bool()
+        else:
+            run = run_perturbation(p, aimed, model, x, y, s, index, target_maps=targets)
+            x_adv, kept, attack_value, plateau = run.x_adv, run.label_kept, run.attack_value.cpu(), run.plateau.cpu()
+            flat = run.no_gradient.double().cpu()
+        seconds = time.perf_counter() - started
+        values = noise if p == "random_sign" else score(p, x_adv)
+        change = pixel_change(model.input_space, x, x_adv)
+        baseline = noise
+        if p == "dombrowski" and aimed.explainer is not None:  # unbounded: noise of its own size per image
+            x_rand, _ = random_noise(model, x, y, s, index, budget=change["max"], stream="noise-dombrowski")
+            baseline = score(p, x_rand)
+        elif p in ("mass_center", "targeted", "frame", "dombrowski"):
+            baseline = score(p, shared.x_noise)
+        for measure, value in values.items():
+            out[f"{p}|{measure}|value"] = value
+            if p != "random_sign":
+                out[f"{p}|{measure}|baseline"] = baseline[measure]
+        strength = _strength(p, name, aimed, model, x, y, s, index, subset, shared, score, targets, decoys)
+        for measure in values:  # NaN outside the strength subset (every shard has every key)
+            out[f"{p}|{measure}|doubled"], out[f"{p}|{measure}|restart"] = strength.get(measure, (_full(n), _full(n)))
+        distance = _full(n)
+        if aimed.surrogate:
+            key = (id(aimed.explainer) if name == "dance" else aimed.route, aimed.beta)
+            if key not in surrogates:
+                surrogates[key] = _surrogate_distance(aimed, model, x, y, clean)
+            distance = surrogates[key]
+        out.update({f"{p}||label_kept": kept.double().cpu(), f"{p}||delta_mean": change["mean"].double().cpu(),
+                    f"{p}||delta_max": change["max"].double().cpu(),
+                    f"{p}||budget": (change["max"] if p == "dombrowski" else _full(n, s.eps)).double().cpu(),
+                    f"{p}||attack_value": attack_value, f"{p}||plateau": plateau,
+                    f"{p}||surrogate_spearman": distance, f"{p}||attack_seconds": _full(n, seconds / n),
+                    f"{p}||no_gradient": flat})
+    return out
+
+
+def _next_maps(name, settings, index, clean, next_image, model) -> Tensor:
+    """Pixel maps of the next image of the run for every shard image: the shard's own clean maps,
+    and for the last image the map of ``next_image`` = ``(x, y, its number)``."""
+    x1, y1, number = next_image
+    last = scored_explainer(name, settings, [number])(model, x1, y1)
+    return torch.cat([clean[1:], pixel_map(last)])
+
+
+def _strength(p, name, aimed, model, x, y, settings, index, subset, shared, score, targets, decoys) -> dict:
+    """Per measure, its value after twice the steps and after a random restart on the strength
+    subset (NaN elsewhere, and for the restart where the attack has no random start)."""
+    n = x.shape[0]
+    if p == "random_sign" or not subset or (aimed.explainer is None and p != "pgd"):
+        return {}
+    pick = torch.tensor(subset)
+    sub_index = [index[i] for i in subset]
+
+    def decoys_for(rows):
+        return None if decoys is None else decoys_of(decoys, rows)
+
+    runs = {}
+    if p == "pgd":
+        runs["doubled"], runs["restart"] = shared.x_pgd_doubled[pick], shared.x_pgd_restart[pick]
+    else:
+        fresh = aim(name, p, model, x[pick], settings, sub_index, decoys_for(subset))
+        sub_targets = None if targets is None else targets[pick]
+        runs["doubled"] = run_perturbation(p, fresh, model, x[pick], y[pick], settings, sub_index,
+                                           steps=2 * steps_of(p, settings), target_maps=sub_targets).x_adv
+        if p in RESTARTABLE:  # one image at a time: its map's seeds and its start's seed are its own
+            runs["restart"] = torch.cat([run_perturbation(
+                p, aim(name, p, model, x[i:i + 1], settings, [index[i]], decoys_for([i])), model, x[i:i + 1],
+                y[i:i + 1], settings, [index[i]], restart=True).x_adv for i in subset])
+    found: dict[str, list[Tensor]] = {}
+    for slot, which in enumerate(("doubled", "restart")):
+        if which in runs:
+            for measure, value in score(p, runs[which], rows=pick).items():
+                found.setdefault(measure, [_full(n), _full(n)])[slot][pick] = value
+    return {k: tuple(v) for k, v in found.items()}
