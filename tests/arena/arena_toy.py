@@ -61,5 +61,7 @@ def toy_data(models, n: int = 4):
 
 
 def toy_settings(**overrides):
-    return arena_settings("smoke", images=4, shard_size=2, strength_images=2, shapes_size=16, shapes_train=128,
-                          shapes_images=3, mask_search_grid=4, rise_grid=4, dance_stride=8, **overrides)
+    """The smoke profile on the toy's 16 x 16 images: shards of two images, the strength runs on the first two."""
+    toy = dict(images=4, shard_size=2, strength_images=2, shapes_size=16, shapes_train=128, shapes_images=3,
+               mask_search_grid=4, rise_grid=4, dance_stride=8)
+    return arena_settings("smoke", **{**toy, **overrides})

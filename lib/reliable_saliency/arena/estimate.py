@@ -20,7 +20,7 @@ import pandas as pd
 
 from .perturb import RESTARTABLE, steps_of
 from .routes import SECOND_ORDER
-from .settings import ATTACKS, EXPLAINERS, MODELS, ArenaSettings, arena_settings
+from .settings import ATTACKS, EXPLAINERS, ArenaSettings, arena_settings
 
 __all__ = ["UNIT_COSTS", "RELU_MODELS", "clean_map_passes", "estimate", "estimate_text"]
 
@@ -126,14 +126,16 @@ def _pair(name: str, settings: ArenaSettings, relu: bool, attacks) -> dict[str, 
     return parts
 
 
-def estimate(settings: ArenaSettings | str = "book", *, explainers=EXPLAINERS, models=tuple(MODELS),
+def estimate(settings: ArenaSettings | str = "book", *, explainers=EXPLAINERS, models=None,
              attacks=ATTACKS, images: int | None = None, costs: dict | None = None) -> pd.DataFrame:
     """Estimated passes and seconds of an arena run: one row per explainer x model x part (the
     maps and measures, each attack, the shared PGD and noise, the localisation), with the model
-    inputs by kind and the seconds at ``costs`` (default :data:`UNIT_COSTS`) for all images."""
+    inputs by kind and the seconds at ``costs`` (default :data:`UNIT_COSTS`) for all images;
+    ``models`` None: the profile's."""
     s = arena_settings(settings) if isinstance(settings, str) else settings
     n = s.images if images is None else images
     costs = {**UNIT_COSTS, **(costs or {})}
+    models = s.models if models is None else models
     rows = []
 
     def row(explainer, model, part, counts, times):

@@ -90,7 +90,8 @@ def _resolve_models(models, settings, train) -> dict[str, nn.Module]:
             if not isinstance(model, nn.Module) or getattr(model, "input_space", None) is None:
                 raise ValueError(f"model {name!r} must be an nn.Module with an input_space (the arena attacks it)")
         return dict(models)
-    return load_models(check_names("models", models, tuple(MODELS)), settings, train=train)
+    names = settings.models if models is None else check_names("models", models, tuple(MODELS))
+    return load_models(names, settings, train=train)
 
 
 def run_arena(profile: str | ArenaSettings = "smoke", *, root: str | Path, key: str = "arena", explainers=None,
@@ -101,8 +102,8 @@ def run_arena(profile: str | ArenaSettings = "smoke", *, root: str | Path, key: 
 
     ``explainers`` / ``perturbations``: names from :data:`.settings.EXPLAINERS` and
     :data:`.settings.PERTURBATIONS` (None: all). ``models``: names of :data:`.settings.MODELS` (the
-    zoo's models at the profile's ``model_profile``; ``train_models`` lets the zoo train a missing
-    one) or a dict name -> model. ``data``: normalised images and labels (N, C, H, W), (N,) instead
+    zoo's models at the profile's ``model_profile``; None: the profile's ``models``; ``train_models``
+    lets the zoo train a missing one) or a dict name -> model. ``data``: normalised images and labels (N, C, H, W), (N,) instead
     of the CIFAR-10 selection. ``localisation``: also run the synthetic shapes. Results live under
     ``root/key`` (:class:`..core.store.ResultStore`)."""
     settings = arena_settings(profile, **overrides)

@@ -61,6 +61,7 @@ class ArenaSettings:
     shard_size: int  # images per shard of the result store
     strength_images: int  # first images that also get the strength runs (doubled steps, a restart)
     model_profile: str  # zoo profile of the models
+    models: tuple[str, ...] = tuple(MODELS)  # the model axis run by default
     seed: int = 0
     eps: float = 8 / 255  # pixel units: every eps-ball attack and its random baseline
     # explainers (the scored maps)
@@ -118,11 +119,12 @@ class ArenaSettings:
 
 PROFILES: dict[str, ArenaSettings] = {
     "smoke": ArenaSettings(
-        profile="smoke", images=4, shard_size=2, strength_images=2, model_profile="smoke",
-        smoothgrad_samples=2, ig_steps=2, rise_masks=16, relex_iterations=2, relex_samples=2, dance_stride=16,
+        profile="smoke", images=2, shard_size=2, strength_images=1, model_profile="smoke",
+        models=("natural", "softplus"),  # one ReLU and one Softplus model: both routes of every attack
+        smoothgrad_samples=2, ig_steps=2, rise_masks=16, relex_iterations=2, relex_samples=2, dance_stride=29,
         dance_steps=2, mask_search_passes=8, pgd_steps=2, ghorbani_steps=2, dombrowski_steps=2, frame_steps=2,
         retrieval_steps=2, rise_attack_masks=8, mask_search_attack_passes=4, relex_attack_iterations=1,
-        relex_attack_samples=1, dance_recompute_every=1, auc_steps=8, sigma_permutations=2, sigma_iterations=3,
+        relex_attack_samples=1, dance_recompute_every=2, auc_steps=8, sigma_permutations=2, sigma_iterations=3,
         sigma_scan=4, shapes_train=256, shapes_epochs=1, shapes_images=4, shapes_size=32,
     ),
     # book: 200 images x 6 models x 12 explainers x 8 perturbations in about 3 hours of the 2-core CPU
@@ -158,6 +160,7 @@ def arena_settings(profile: str | ArenaSettings = "smoke", **overrides) -> Arena
     if unknown:
         raise ValueError(f"unknown arena setting(s) {unknown}; the settings are {sorted(fields - {'profile'})}")
     settings = dataclasses.replace(base, **overrides)
+    check_names("models", settings.models, tuple(MODELS))
     for name in ("images", "shard_size"):
         if not isinstance(getattr(settings, name), int) or getattr(settings, name) < 1:
             raise ValueError(f"{name} must be a positive int, got {getattr(settings, name)!r}")
