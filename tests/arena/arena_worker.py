@@ -1,9 +1,10 @@
 """Runs a part of the toy arena in its own process for the resume test and pickles the table.
 
-    python arena_worker.py ROOT OUT [--sleep SECONDS]
+    python arena_worker.py ROOT OUT [--sleep SECONDS] [--localisation]
 
-``--sleep`` makes every explainer x model shard wait first, so a test can kill the process while
-some shards are written and others are not."""
+directly or under ``torchrun`` (the first worker writes the table). ``--sleep`` makes every
+explainer x model shard wait first, so a test can kill the process while some shards are written
+and others are not."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 
 from arena_toy import toy_data, toy_models, toy_settings
 from reliable_saliency.arena import harness
+from reliable_saliency.core import workers
 
 EXPLAINERS = ["gradient", "smoothgrad", "random_map"]
 PERTURBATIONS = ["random_sign", "pgd", "topk", "dombrowski"]
@@ -24,6 +26,7 @@ def main() -> None:
     parser.add_argument("root")
     parser.add_argument("out")
     parser.add_argument("--sleep", type=float, default=0.0)
+    parser.add_argument("--localisation", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.sleep:
@@ -37,8 +40,10 @@ def main() -> None:
     models = toy_models()
     x, y = toy_data(models)
     table = harness.run_arena(toy_settings(), root=args.root, key="toy", models=models, data=(x, y),
-                              explainers=EXPLAINERS, perturbations=PERTURBATIONS, localisation=False)
-    table.to_pickle(args.out)
+                              explainers=EXPLAINERS, perturbations=PERTURBATIONS, localisation=args.localisation)
+    if workers.is_main():
+        table.to_pickle(args.out)
+    workers.shutdown()
 
 
 if __name__ == "__main__":

@@ -155,3 +155,19 @@ def test_the_table_is_read_back_not_recomputed(toy, toy_run, monkeypatch):
     monkeypatch.setattr(cells, "run_perturbation", refuse)
     again = harness.run_arena(S, root=root, key="toy", models=models, data=(x, y))
     pd.testing.assert_frame_equal(again, table)  # the measured seconds too: they were stored
+
+
+@pytest.mark.parametrize("name, options", [
+    ("dance", dict(base="gradient", patch=3, stride=S.dance_stride, steps=S.dance_steps)),
+    ("relex", dict(iterations=S.relex_iterations, samples=S.relex_samples)),
+    ("mask_search", dict(passes=S.mask_search_passes, grid_size=S.mask_search_grid, normalise=False)),
+])
+def test_the_papers_methods_are_scored_at_the_profile_settings(toy, toy_run, name, options):
+    table, _ = toy_run
+    models, x, y = toy
+    model = models["relu"]
+    if name != "dance":
+        options["seeds"] = [image_seed(0, i, "map") for i in range(4)]
+    clean = pixels(get_explainer(name, **options)(model, x, y))
+    close(cell(table, name, "relu", "none", "deletion_auc"), deletion_auc(model, x, clean, y, steps=8))
+    close(cell(table, name, "relu", "none", "insertion_auc"), insertion_auc(model, x, clean, y, steps=8))

@@ -20,12 +20,12 @@ from torch import Tensor, nn
 
 from ..core.perturbation import pixel_change
 from ..evaluation import retrieval
+from ..explainers import dance
 from ..maps.similarity import spearman
 from ..models.smoothing import to_softplus
 from .measures import (GOALS, PassCounter, clean_retrieval, faithfulness, goal_value, pixel_map,
                        reliability, sanity, stability)
 from .perturb import RESTARTABLE, random_noise, run_perturbation, steps_of
-from ..explainers.decoys import make_decoys
 from .routes import aim, decoy_options, decoys_of, retrieval_mask, scored_explainer
 from .settings import ArenaSettings
 
@@ -65,8 +65,8 @@ def shared_shard(model: nn.Module, x: Tensor, y: Tensor, index, settings: ArenaS
         doubled[pick] = run_perturbation("pgd", aimed, model, x[pick], y[pick], settings, sub_index,
                                          steps=2 * settings.pgd_steps).x_adv
         restart[pick] = run_perturbation("pgd", aimed, model, x[pick], y[pick], settings, sub_index, restart=True).x_adv
-    return {"x_noise": noise, "noise_kept": noise_kept.double(), "x_pgd": run.x_adv, "pgd_kept": run.label_kept.double(), "x_pgd_doubled": doubled,
-            "x_pgd_restart": restart}
+    return {"x_noise": noise, "noise_kept": noise_kept.double(), "x_pgd": run.x_adv,
+            "pgd_kept": run.label_kept.double(), "x_pgd_doubled": doubled, "x_pgd_restart": restart}
 
 
 class _Scorer:
@@ -77,14 +77,16 @@ class _Scorer:
         self.clean, self.targets, self.settings = clean_px, targets, settings
         self.explain = scored_explainer(name, settings, index)
 
-    def __call__(self, perturbation: str, x_at: Tensor, rows=None) -> dict[str, Tensor]:
-        """Every measure of the map at ``x_at`` (of the images ``rows`` of the shard, or all)."""
-        explain = self.explain
+    def map(self, x_at: Tensor, rows=None) -> Tensor:
+        """The scored map at ``x_at`` (images ``rows`` of the shard, with their own seeds, or all)."""
         if rows is None:
-            rows = slice(None)
-        else:  # the subset's own seeds
-            explain = scored_explainer(self.name, self.settings, [self.index[int(i)] for i in rows])
-        raw = explain(self.model, x_at, self.y[rows])
+            return self.explain(self.model, x_at, self.y)
+        explain = scored_explainer(self.name, self.settings, [self.index[int(i)] for i in rows])
+        return explain(self.model, x_at, self.y[rows])
+
+    def read(self, perturbation: str, raw: Tensor, x_at: Tensor, rows=None) -> dict[str, Tensor]:
+        """Every measure of the map ``raw`` made at ``x_at``."""
+        rows = slice(None) if rows is None else rows
         px = pixel_map(raw)
         values = stability(self.clean[rows], px, self.settings)
         hit, _ = retrieval(self.model, x_at, retrieval_mask(self.name, raw.detach()), self.y[rows])
@@ -94,6 +96,9 @@ class _Scorer:
         if goal is not None:
             values[GOALS[perturbation]] = goal
         return {k: v.double().cpu() for k, v in values.items()}
+
+    def __call__(self, perturbation: str, x_at: Tensor, rows=None) -> dict[str, Tensor]:
+        return self.read(perturbation, self.map(x_at, rows), x_at, rows)
 
 
 def _surrogate_distance(aimed, model, x, y, clean_px) -> Tensor:
@@ -114,8 +119,12 @@ def pair_shard(name: str, model: nn.Module, x: Tensor, y: Tensor, index, setting
     n, s = x.shape[0], settings
     explain = scored_explainer(name, s, index)
     out: dict[str, Tensor] = {}
+    decoys = None
     with PassCounter(model) as counter:
-        raw = explain(model, x, y)
+        if name == "dance":  # the scored map, and its decoys for the attacks to start from
+            raw, decoys = dance(model, x, y, base="gradient", return_decoys=True, **decoy_options(s))
+        else:
+            raw = explain(model, x, y)
     out["none||passes"] = _full(n, counter.passes / n)
     out["none||seconds"] = _full(n, counter.seconds / n)
     clean = pixel_map(raw)
@@ -133,10 +142,10 @@ def pair_shard(name: str, model: nn.Module, x: Tensor, y: Tensor, index, setting
 
     targets = _next_maps(name, s, index, clean, next_image, model) if "dombrowski" in perturbations else None
     score = _Scorer(name, index, model, y, clean, targets, s)
-    noise = score("random_sign", shared.x_noise)
+    noise_map = score.map(shared.x_noise)
+    noise = score.read("random_sign", noise_map, shared.x_noise)
     subset = [i for i, image in enumerate(index) if image < s.strength_images]
-    surrogates: dict[tuple, Tensor] = {}
-    decoys = make_decoys(model, x.detach(), **decoy_options(s)) if name == "dance" else None  # solved once
+    distance = None  # the surrogate distance: one per explainer and model (the attacks share the surrogate)
     for p in perturbations:
         aimed = aim(name, p, model, x, s, index, decoys)
         started = time.perf_counter()
@@ -158,8 +167,8 @@ def pair_shard(name: str, model: nn.Module, x: Tensor, y: Tensor, index, setting
         if p == "dombrowski" and aimed.explainer is not None:  # unbounded: noise of its own size per image
             x_rand, _ = random_noise(model, x, y, s, index, budget=change["max"], stream="noise-dombrowski")
             baseline = score(p, x_rand)
-        elif p in ("mass_center", "targeted", "frame", "dombrowski"):
-            baseline = score(p, shared.x_noise)
+        elif p in GOALS:
+            baseline = score.read(p, noise_map, shared.x_noise)
         for measure, value in values.items():
             out[f"{p}|{measure}|value"] = value
             if p != "random_sign":
@@ -167,17 +176,14 @@ def pair_shard(name: str, model: nn.Module, x: Tensor, y: Tensor, index, setting
         strength = _strength(p, name, aimed, model, x, y, s, index, subset, shared, score, targets, decoys)
         for measure in values:  # NaN outside the strength subset (every shard has every key)
             out[f"{p}|{measure}|doubled"], out[f"{p}|{measure}|restart"] = strength.get(measure, (_full(n), _full(n)))
-        distance = _full(n)
-        if aimed.surrogate:
-            key = (id(aimed.explainer) if name == "dance" else aimed.route, aimed.beta)
-            if key not in surrogates:
-                surrogates[key] = _surrogate_distance(aimed, model, x, y, clean)
-            distance = surrogates[key]
+        if aimed.surrogate and distance is None:
+            distance = _surrogate_distance(aimed, model, x, y, clean)
         out.update({f"{p}||label_kept": kept.double().cpu(), f"{p}||delta_mean": change["mean"].double().cpu(),
                     f"{p}||delta_max": change["max"].double().cpu(),
                     f"{p}||budget": (change["max"] if p == "dombrowski" else _full(n, s.eps)).double().cpu(),
                     f"{p}||attack_value": attack_value, f"{p}||plateau": plateau,
-                    f"{p}||surrogate_spearman": distance, f"{p}||attack_seconds": _full(n, seconds / n),
+                    f"{p}||surrogate_spearman": distance if aimed.surrogate else _full(n),
+                    f"{p}||attack_seconds": _full(n, seconds / n),
                     f"{p}||no_gradient": flat})
     return out
 

@@ -70,9 +70,10 @@ def edge_map(model: nn.Module, x: Tensor, target, *, create_graph=False, generat
 
 def smoothed_gradient(model: nn.Module, x: Tensor, target, *, create_graph=False, generator=None,
                       batch_size=None, sigma: float = 1.0) -> Tensor:
-    """``blurred_map(gradient, sigma)`` (through :func:`..attacks.decoy_attack.blurred_explainer`): ``sum_c |d logit_target / d x|`` blurred with a Gaussian of
-    ``sigma`` pixels (:func:`..core.references.gaussian_blur`), (N, 1, H, W); with ``create_graph``
-    differentiable like the gradient itself (a ReLU model needs a Softplus copy for that)."""
+    """``blurred_map(gradient, sigma)`` (through :func:`..attacks.decoy_attack.blurred_explainer`):
+    ``sum_c |d logit_target / d x|`` blurred with a Gaussian of ``sigma`` pixels
+    (:func:`..core.references.gaussian_blur`), (N, 1, H, W); with ``create_graph`` differentiable
+    like the gradient itself (a ReLU model needs a Softplus copy for that)."""
     smoother = blurred_explainer(get_explainer("gradient"), number("sigma", sigma))
     return smoother(model, x, target, create_graph=create_graph, batch_size=batch_size)
 

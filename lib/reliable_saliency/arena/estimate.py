@@ -105,8 +105,8 @@ def _pair(name: str, settings: ArenaSettings, relu: bool, attacks) -> dict[str, 
     _add(maps, {"f": 2 * ((s.auc_steps or _SIDE) + 1) + rows * (s.sigma_scan + s.sigma_iterations) + 1,
                 "fb": 1}, 1)  # AUCs, sigma* (upper bound), the reliability measure's gradient
     _add(maps, {"f": 2 + 1 + len(attacks)}, 1)  # retrievals
-    if name == "dance":  # the clean decoys the attacks start from, solved once
-        _add(maps, {"fb": 2 * _positions(s) * s.dance_steps, "f": 2 * _positions(s)}, 1)
+    if name in ("rise", "mask_search", "relex", "dance", "lrp_epsilon") or (relu and name in SECOND_ORDER):
+        _add(maps, _attack_map(name, s, relu)[1], 1)  # the surrogate distance
     parts["maps and measures"] = maps
     for p in attacks:
         total: dict = {}
@@ -115,8 +115,6 @@ def _pair(name: str, settings: ArenaSettings, relu: bool, attacks) -> dict[str, 
         if p == "pgd" or (name == "random_map" and p != "masked_retrieval"):
             parts[p] = total
             continue
-        if name in ("rise", "mask_search", "relex", "dance", "lrp_epsilon") or (relu and name in SECOND_ORDER):
-            _add(total, _attack_map(name, s, relu)[1], 1)  # the surrogate distance
         steps = steps_of(p, s)
         _add(total, _attack_run(p, name, s, relu, steps), 1)
         _add(total, _attack_run(p, name, s, relu, 2 * steps), share)

@@ -27,13 +27,14 @@ import torch
 from torch import Tensor, nn
 
 from ..core.store import ResultStore
+from ..core.workers import local_device
 from .cells import Shared, pair_shard, shared_shard
 from .localisation import localise, select_correct, shapes_images, shapes_model
 from .measures import GOALS, randomised_copy
 from .perturb import RESTARTABLE, steps_of
 from .routes import is_relu, route, scored_explainer
-from .settings import (CONTROL_NAMES, EXPLAINERS, HIGHER_IS_BETTER, MODELS, PERTURBATIONS, ArenaSettings, arena_settings,
-                       check_names)
+from .settings import (CONTROL_NAMES, EXPLAINERS, HIGHER_IS_BETTER, MODELS, PERTURBATIONS, ArenaSettings,
+                       arena_settings, check_names)
 
 __all__ = ["run_arena", "COLUMNS", "measures_of", "load_models", "cifar_images"]
 
@@ -66,23 +67,24 @@ def _model_digest(model: nn.Module) -> str:
     return _digest(*[v.float() for v in model.state_dict().values()])
 
 
-def load_models(names, settings: ArenaSettings, *, train: bool = False) -> dict[str, nn.Module]:
-    """The zoo's models of the model axis at ``settings.model_profile`` (``train``: train a missing
-    checkpoint instead of refusing)."""
+def load_models(names, settings: ArenaSettings, *, train: bool = False, device="cpu") -> dict[str, nn.Module]:
+    """The zoo's models of the model axis at ``settings.model_profile`` on ``device`` (``train``:
+    train a missing checkpoint instead of refusing)."""
     from ..training.zoo import load_model
 
-    return {name: load_model(MODELS[name], settings.model_profile, train=train, progress=False) for name in names}
+    return {name: load_model(MODELS[name], settings.model_profile, train=train, progress=False, device=device)
+            for name in names}
 
 
-def cifar_images(models: dict[str, nn.Module], settings: ArenaSettings) -> tuple[Tensor, Tensor]:
+def cifar_images(models: dict[str, nn.Module], settings: ArenaSettings, device="cpu") -> tuple[Tensor, Tensor]:
     """``settings.images`` CIFAR-10 test images that every model classifies correctly (seeded)."""
     from ..data import load_cifar10
 
-    chosen = select_correct(list(models.values()), load_cifar10("test"), settings.images, settings.seed)
-    return chosen.normalized(), chosen.labels
+    chosen = select_correct(list(models.values()), load_cifar10("test"), settings.images, settings.seed, device=device)
+    return chosen.normalized(device), chosen.labels.to(device)
 
 
-def _resolve_models(models, settings, train) -> dict[str, nn.Module]:
+def _resolve_models(models, settings, train, device) -> dict[str, nn.Module]:
     if isinstance(models, dict):
         if not models:
             raise ValueError("models must name at least one model")
@@ -91,33 +93,35 @@ def _resolve_models(models, settings, train) -> dict[str, nn.Module]:
                 raise ValueError(f"model {name!r} must be an nn.Module with an input_space (the arena attacks it)")
         return dict(models)
     names = settings.models if models is None else check_names("models", models, tuple(MODELS))
-    return load_models(names, settings, train=train)
+    return load_models(names, settings, train=train, device=device)
 
 
 def run_arena(profile: str | ArenaSettings = "smoke", *, root: str | Path, key: str = "arena", explainers=None,
               models=None, perturbations=None, data: tuple[Tensor, Tensor] | None = None, localisation: bool = True,
-              train_models: bool = False, progress: bool = False, **overrides) -> pd.DataFrame:
+              train_models: bool = False, device: str = "cpu", progress: bool = False, **overrides) -> pd.DataFrame:
     """Run (or read back) the arena at ``profile`` with ``overrides`` of its settings and return
     the long table (:data:`COLUMNS`).
 
     ``explainers`` / ``perturbations``: names from :data:`.settings.EXPLAINERS` and
     :data:`.settings.PERTURBATIONS` (None: all). ``models``: names of :data:`.settings.MODELS` (the
     zoo's models at the profile's ``model_profile``; None: the profile's ``models``; ``train_models``
-    lets the zoo train a missing one) or a dict name -> model. ``data``: normalised images and labels (N, C, H, W), (N,) instead
-    of the CIFAR-10 selection. ``localisation``: also run the synthetic shapes. Results live under
-    ``root/key`` (:class:`..core.store.ResultStore`)."""
+    lets the zoo train a missing one) or a dict name -> model. ``data``: normalised images and
+    labels (N, C, H, W), (N,) instead of the CIFAR-10 selection. ``localisation``: also run the
+    synthetic shapes. ``device``: where the models run (``"cuda"`` under ``torchrun``: each worker
+    its own GPU; models given in a dict must already be there). Results live under ``root/key``
+    (:class:`..core.store.ResultStore`)."""
     settings = arena_settings(profile, **overrides)
     explainers = check_names("explainers", explainers, EXPLAINERS)
     perturbations = check_names("perturbations", perturbations, PERTURBATIONS)
     store = ResultStore(Path(root).expanduser(), key)
-    models = _resolve_models(models, settings, train_models)
-    if data is None:
-        x, y = cifar_images(models, settings)
-    else:
-        x, y = data
-        if not isinstance(x, Tensor) or x.dim() != 4 or not isinstance(y, Tensor) or y.shape != (x.shape[0],):
-            raise ValueError("data must be (x, y): normalised images (N, C, H, W) and labels (N,)")
-    x, y = x.detach().float(), y.long()
+    if data is not None and not (isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], Tensor)
+                                 and data[0].dim() == 4 and isinstance(data[1], Tensor)
+                                 and data[1].shape == (data[0].shape[0],)):
+        raise ValueError("data must be (x, y): normalised images (N, C, H, W) and labels (N,)")
+    device = torch.device(local_device(device))
+    models = _resolve_models(models, settings, train_models, device)
+    x, y = cifar_images(models, settings, device) if data is None else data
+    x, y = x.detach().float().to(device), y.long().to(device)
     n = x.shape[0]
     common = {"settings": settings.as_dict(), "images": _digest(x, y), "perturbations": list(perturbations)}
     shard = dict(shard_size=settings.shard_size, progress=progress)
@@ -126,8 +130,11 @@ def run_arena(profile: str | ArenaSettings = "smoke", *, root: str | Path, key: 
         with torch.no_grad():
             classes = model(x[:1]).shape[1]
         params = {**common, "model": model_name, "weights": _model_digest(model)}
-        shared = Shared(**store.compute(f"shared-{model_name}", lambda a, b, model=model: shared_shard(
-            model, x[a:b], y[a:b], list(range(a, b)), settings), n, params=params, **shard))
+        def noise_and_pgd(a, b, model=model):
+            return shared_shard(model, x[a:b], y[a:b], list(range(a, b)), settings)
+
+        stored = store.compute(f"shared-{model_name}", noise_and_pgd, n, params=params, **shard)
+        shared = Shared(**{k: v.to(device) for k, v in stored.items()})
         randomised = randomised_copy(model, settings)
         for name in explainers:
             reason = _refusal(name, model, x, y, settings)
@@ -145,7 +152,7 @@ def run_arena(profile: str | ArenaSettings = "smoke", *, root: str | Path, key: 
                                        **shard)
             frames += _rows(values, name, model_name, perturbations, settings, is_relu(model), n, reason)
     if localisation:
-        frames += _localisation(explainers, settings, store, progress)
+        frames += _localisation(explainers, settings, store, progress, device)
     table = pd.concat(frames, ignore_index=True)[COLUMNS]
     for column in ("explainer", "model", "perturbation", "measure", "baseline_kind", "aimed", "reason"):
         table[column] = table[column].astype("category")
@@ -163,7 +170,8 @@ def _refusal(name, model, x, y, settings) -> str | None:
 
 def _baseline_kind(perturbation: str, measure: str) -> str:
     if perturbation == "none":
-        return {"sigma_rel": "shuffled map (paper C null: RelShuf)", "sigma_irel": "shuffled map (paper C null: IrelShuf)",
+        return {"sigma_rel": "shuffled map (paper C null: RelShuf)",
+                "sigma_irel": "shuffled map (paper C null: IrelShuf)",
                 "retrieval_clean": "wrong class (paper A control: the mask asked for class + 1 retrieves it)"}.get(
             measure, "")
     if perturbation == "random_sign":
@@ -200,10 +208,11 @@ def _rows(values: dict, name: str, model: str, perturbations, settings: ArenaSet
     return frames
 
 
-def _localisation(explainers, settings: ArenaSettings, store: ResultStore, progress: bool) -> list[pd.DataFrame]:
-    model = shapes_model(settings, store, progress)
-    shapes = shapes_images(model, settings)
-    xs, ys, boxes = shapes.normalized(), shapes.labels, shapes.boxes
+def _localisation(explainers, settings: ArenaSettings, store: ResultStore, progress: bool,
+                  device) -> list[pd.DataFrame]:
+    model = shapes_model(settings, store, progress).to(device)
+    shapes = shapes_images(model, settings, device)
+    xs, ys, boxes = shapes.normalized(device), shapes.labels.to(device), shapes.boxes.to(device)
     m = len(xs)
     params = {"settings": settings.as_dict(), "weights": _model_digest(model), "images": _digest(xs, ys)}
     frames = []

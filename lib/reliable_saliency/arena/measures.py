@@ -47,14 +47,23 @@ class PassCounter:
         if args and isinstance(args[0], Tensor):
             self.passes += args[0].shape[0]
 
+    def _synchronise(self) -> None:
+        parameter = next(self.model.parameters(), None)
+        if parameter is not None and parameter.device.type == "cuda":
+            torch.cuda.synchronize(parameter.device)
+
     def __enter__(self) -> PassCounter:
         self._handle = self.model.register_forward_pre_hook(self._count)
+        self._synchronise()
         self._start = time.perf_counter()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.seconds = time.perf_counter() - self._start
-        self._handle.remove()
+        try:
+            self._synchronise()
+            self.seconds = time.perf_counter() - self._start
+        finally:
+            self._handle.remove()
 
 
 def pixel_map(raw: Tensor) -> Tensor:

@@ -13,13 +13,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..attacks import dombrowski_attack, frame_attack, ghorbani_attack, masked_retrieval_attack, pgd
-from ..attacks import random_sign_noise
-from .measures import goal_value, pixel_map, target_region, topk
+from ..attacks import dombrowski_attack, frame_attack, ghorbani_attack, masked_retrieval_attack, pgd, random_sign_noise
+from .measures import goal_value, target_region, topk
 from .routes import Aim
 from .settings import ArenaSettings, image_seed
 
-__all__ = ["AttackRun", "run_perturbation", "random_noise", "steps_of", "map_at", "RESTARTABLE"]
+__all__ = ["AttackRun", "run_perturbation", "random_noise", "steps_of", "RESTARTABLE"]
 
 RESTARTABLE = ("pgd", "topk", "mass_center", "targeted", "masked_retrieval")  # attacks with a random start
 _NAN = float("nan")
@@ -167,9 +166,9 @@ def _run(perturbation: str, aimed: Aim, model: nn.Module, x: Tensor, label: Tens
         options = dict(eps=s.eps, steps=steps, alpha=2.5 * s.eps / s.retrieval_steps, normalise=aimed.normalise,
                        mode=aimed.mode, surrogate_beta=aimed.beta)
         if restart:
-            results = _per_image(lambda xi, yi, g: masked_retrieval_attack(model, xi, aimed.explainer, random_start=True,
-                                                                           generator=g, **options),
-                                 x, label, index, "retrieval-restart", s)
+            results = _per_image(lambda xi, yi, g: masked_retrieval_attack(
+                model, xi, aimed.explainer, random_start=True, generator=g, **options), x, label, index,
+                "retrieval-restart", s)
             x_adv = torch.cat([r.x_adv for r in results])
             seen = torch.cat([r.masked_trace[-1] for r in results]).neg().exp()
             return AttackRun(x_adv, ~torch.cat([r.fooled for r in results]), seen.double(), _nan(n, x))
@@ -177,8 +176,3 @@ def _run(perturbation: str, aimed: Aim, model: nn.Module, x: Tensor, label: Tens
         return AttackRun(r.x_adv, ~r.fooled, r.masked_trace[-1].neg().exp().double(),
                          _second_half_share(r.loss_trace, maximise=True))
     raise ValueError(f"unknown perturbation {perturbation!r}")
-
-
-def map_at(explain, model: nn.Module, x: Tensor, label: Tensor) -> Tensor:
-    """The scored explainer's pixel map at ``x`` (the clean label explained)."""
-    return pixel_map(explain(model, x, label))

@@ -56,7 +56,8 @@ def _group_ranks(wide: pd.DataFrame, higher: bool, controls: set, rounds: int, s
                 if i != j and rank_low[i] <= rank_high[j] and rank_low[j] <= rank_high[i]]
         rows.append({"explainer": name, "control": name in controls, "n": int(counts[j]), "mean": means[j],
                      "mean_low": mean_low[j], "mean_high": mean_high[j], "rank": int(ranks[j]),
-                     "rank_low": int(rank_low[j]), "rank_high": int(rank_high[j]), "tied_with": ", ".join(sorted(tied))})
+                     "rank_low": int(rank_low[j]), "rank_high": int(rank_high[j]),
+                     "tied_with": ", ".join(sorted(tied))})
     return rows
 
 

@@ -28,7 +28,8 @@ from ..models.smoothing import SMOOTHED
 from .controls import edge_map, random_map, smoothed_gradient
 from .settings import ArenaSettings, image_seed
 
-__all__ = ["Aim", "scored_explainer", "aim", "route", "decoys_of", "retrieval_mask", "is_relu", "decoy_options", "SECOND_ORDER"]
+__all__ = ["Aim", "scored_explainer", "aim", "route", "decoys_of", "retrieval_mask", "is_relu", "decoy_options",
+           "SECOND_ORDER", "RecomputeOnGraph"]
 
 # maps whose derivative w.r.t. x needs the model's second derivative (a ReLU model needs a Softplus copy)
 SECOND_ORDER = {"gradient", "smoothgrad", "integrated_gradients", "gradcam", "lrp_epsilon", "relex", "dance",
