@@ -79,3 +79,26 @@ def test_bad_calls_are_refused():
     mixed = pd.concat([t, t.assign(higher_is_better=False, explainer=t.explainer + "2")])
     with pytest.raises(ValueError, match="both directions"):
         rank_table(mixed, by=("model",))
+
+
+def test_the_strength_table_reads_each_attack_on_its_own_goal(toy_run):
+    from reliable_saliency.arena import strength_table
+
+    table, _ = toy_run
+    strength = strength_table(table)
+    cells = table[table.model != "shapes_cnn"].groupby(["explainer", "model", "perturbation"], observed=True).ngroups
+    assert len(strength) == cells - 12 * 2  # every cell but the "none" ones
+    row = strength[(strength.explainer == "gradient") & (strength.model == "soft") & (strength.perturbation == "topk")]
+    assert row["measure"].item() == "topk_intersection" and row["steps"].item() == 2 and row["strength_images"].item() == 2
+    part = table[(table.explainer == "gradient") & (table.model == "soft") & (table.perturbation == "topk")
+                 & (table.measure == "topk_intersection")]
+    sub = part[part.image < 2]
+    assert row["doubled_change"].item() == pytest.approx((sub["value"] - sub["doubled"]).mean())
+    shift = strength[(strength.perturbation == "mass_center") & (strength.explainer == "gradient")
+                     & (strength.model == "soft")]
+    part = table[(table.explainer == "gradient") & (table.model == "soft") & (table.perturbation == "mass_center")
+                 & (table.measure == "center_shift") & (table.image < 2)]
+    assert shift["doubled_change"].item() == pytest.approx((part["doubled"] - part["value"]).mean())  # lower is better
+    assert strength.loc[strength.perturbation == "masked_retrieval", "measure"].eq("retrieval").all()
+    aimed = strength[(strength.explainer == "rise") & ~strength.perturbation.isin(["random_sign", "pgd"])]
+    assert aimed["surrogate_spearman"].notna().all() and aimed["aimed"].str.startswith("surrogate").all()
