@@ -89,7 +89,8 @@ def test_the_strength_table_reads_each_attack_on_its_own_goal(toy_run):
     cells = table[table.model != "shapes_cnn"].groupby(["explainer", "model", "perturbation"], observed=True).ngroups
     assert len(strength) == cells - 12 * 2  # every cell but the "none" ones
     row = strength[(strength.explainer == "gradient") & (strength.model == "soft") & (strength.perturbation == "topk")]
-    assert row["measure"].item() == "topk_intersection" and row["steps"].item() == 2 and row["strength_images"].item() == 2
+    assert row["measure"].item() == "topk_intersection" and row["steps"].item() == 2
+    assert row["strength_images"].item() == 2
     part = table[(table.explainer == "gradient") & (table.model == "soft") & (table.perturbation == "topk")
                  & (table.measure == "topk_intersection")]
     sub = part[part.image < 2]
