@@ -65,7 +65,7 @@ from reliable_saliency.attacks import dombrowski_attack, ghorbani_attack, random
 from reliable_saliency.chapter import kit
 from reliable_saliency.chapter.figures import map_grid, top_pixels
 from reliable_saliency.chapter.rerun import rerun_box
-from reliable_saliency.chapter.selection import correctly_classified
+from reliable_saliency.evaluation.selection import correctly_classified
 from reliable_saliency.claims import bootstrap_mean
 from reliable_saliency.core import inputs
 from reliable_saliency.core.perturbation import pixel_change

@@ -84,8 +84,8 @@ from reliable_saliency.attacks import ghorbani_attack, masked_retrieval_attack, 
 from reliable_saliency.chapter import kit
 from reliable_saliency.chapter.figures import map_grid
 from reliable_saliency.chapter.rerun import rerun_box
-from reliable_saliency.chapter.selection import correctly_classified
-from reliable_saliency.chapter.timing import PassCounter, bound_per_pass
+from reliable_saliency.evaluation.selection import correctly_classified
+from reliable_saliency.core.timing import PassCounter, bound_per_pass
 from reliable_saliency.core import inputs
 from reliable_saliency.core.batching import image_seeds
 from reliable_saliency.evaluation import deletion_auc, retrieval

@@ -109,8 +109,8 @@ from reliable_saliency.attacks.decoy_attack import RecomputedDecoys, blurred_exp
 from reliable_saliency.chapter import kit
 from reliable_saliency.chapter.figures import map_grid
 from reliable_saliency.chapter.rerun import rerun_box
-from reliable_saliency.chapter.selection import correctly_classified
-from reliable_saliency.chapter.timing import PassCounter, bound_per_pass
+from reliable_saliency.evaluation.selection import correctly_classified
+from reliable_saliency.core.timing import PassCounter, bound_per_pass
 from reliable_saliency.claims import interval_text
 from reliable_saliency.core import inputs
 from reliable_saliency.evaluation import deletion_auc, insertion_auc, saliency_fidelity, saliency_sensitivity

@@ -82,8 +82,8 @@ from reliable_saliency.attacks import pgd
 from reliable_saliency.chapter import kit
 from reliable_saliency.chapter.figures import map_grid
 from reliable_saliency.chapter.rerun import rerun_box
-from reliable_saliency.chapter.selection import correctly_classified
-from reliable_saliency.chapter.timing import PassCounter
+from reliable_saliency.evaluation.selection import correctly_classified
+from reliable_saliency.core.timing import PassCounter
 from reliable_saliency.claims import finite_median, interval_text, median_interval_text, rank_agreement
 from reliable_saliency.core import inputs
 from reliable_saliency.evaluation import deletion_auc, retrieval

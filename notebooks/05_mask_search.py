@@ -81,8 +81,8 @@ from reliable_saliency import data
 from reliable_saliency.chapter import kit
 from reliable_saliency.chapter.figures import map_grid, show
 from reliable_saliency.chapter.rerun import rerun_box
-from reliable_saliency.chapter.selection import correctly_classified
-from reliable_saliency.chapter.timing import PassCounter
+from reliable_saliency.evaluation.selection import correctly_classified
+from reliable_saliency.core.timing import PassCounter
 from reliable_saliency.claims import bootstrap_mean, interval_text
 from reliable_saliency.core import inputs
 from reliable_saliency.core.batching import image_seeds

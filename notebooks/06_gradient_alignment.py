@@ -86,7 +86,7 @@ from reliable_saliency.attacks import frame_attack, ghorbani_attack, pgd, random
 from reliable_saliency.chapter import kit
 from reliable_saliency.chapter.figures import map_grid
 from reliable_saliency.chapter.rerun import rerun_box
-from reliable_saliency.chapter.selection import correctly_classified
+from reliable_saliency.evaluation.selection import correctly_classified
 from reliable_saliency.claims import bootstrap_mean, correlation_gap, interval_text
 from reliable_saliency.core.perturbation import pixel_change
 from reliable_saliency.evaluation.attribution_robustness import (

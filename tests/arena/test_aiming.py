@@ -12,6 +12,7 @@ from torch import nn
 from arena_toy import toy_settings
 from reliable_saliency.arena import ATTACKS, cells, routes
 from reliable_saliency.arena.measures import randomised_copy
+from reliable_saliency.attacks import decoy_attack
 
 S = toy_settings(strength_images=0)  # the main runs only
 # explainer -> (what the attack must differentiate, options it must carry)
@@ -29,7 +30,7 @@ SECOND_ORDER = {"gradient", "smoothgrad", "relex", "lrp_epsilon", "dance"}
 @pytest.fixture
 def spy(monkeypatch):
     calls, current = [], [None]
-    real_get, real_dance, real_run = routes.get_explainer, routes.dance, cells.run_perturbation
+    real_get, real_dance, real_run = routes.get_explainer, decoy_attack.dance, cells.run_perturbation
 
     def spying_get(name, **options):
         inner = real_get(name, **options)
@@ -54,7 +55,7 @@ def spy(monkeypatch):
             current[0] = None
 
     monkeypatch.setattr(routes, "get_explainer", spying_get)
-    monkeypatch.setattr(routes, "dance", spying_dance)
+    monkeypatch.setattr(decoy_attack, "dance", spying_dance)  # the BPDA explainer's DANCE
     monkeypatch.setattr(cells, "run_perturbation", tracking)
     return calls
 

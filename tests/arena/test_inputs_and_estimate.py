@@ -10,7 +10,7 @@ from torch import nn
 from arena_toy import toy_settings
 from reliable_saliency.arena import EXPLAINERS, arena_settings, run_arena
 from reliable_saliency.arena.estimate import clean_map_passes, estimate, estimate_text
-from reliable_saliency.arena.measures import PassCounter
+from reliable_saliency.core.timing import PassCounter
 from reliable_saliency.arena.routes import scored_explainer
 
 

@@ -62,3 +62,21 @@ def test_blurred_explainer_and_objective_value(trained):
     mass = objective_value("targeted", a, b, region=region)
     assert torch.allclose(mass, (b / b.flatten(1).sum(1).view(-1, 1, 1))[:, region].sum(1))
     assert torch.allclose(objective_value("mass_center", a, a), torch.zeros(4), atol=1e-5)
+
+
+def test_recomputed_decoys_can_follow_the_calls_with_a_graph(trained):
+    """on_graph=True re-solves at every every-th create_graph call (the first keeps the clean decoys)
+    and never on plain calls; a wrong flag is refused."""
+    model, x = trained
+    x = x[:2]
+    label = model(x).argmax(1)
+    clean = make_decoys(model, x, **OPTIONS)
+    explain = RecomputedDecoys(model, clean, every=2, on_graph=True, **OPTIONS)
+    for _ in range(3):
+        explain(model, x, label)
+    assert explain.recomputed == 0
+    for _ in range(5):
+        explain(model, x.clone().requires_grad_(True), label, create_graph=True)
+    assert explain.recomputed == 2  # graph calls 3 and 5
+    with pytest.raises(ValueError, match="on_graph"):
+        RecomputedDecoys(model, clean, every=2, on_graph="yes", **OPTIONS)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 
 import matplotlib
 import pytest
 import torch
 from torch import nn
 
-from reliable_saliency.chapter import figures, selection, verdicts_page
+from reliable_saliency.chapter import figures, verdicts_page
+from reliable_saliency.evaluation import selection
 from reliable_saliency.chapter.run import claims_dir_for, count_figures, uncaptioned_cells
 from reliable_saliency.core.inputs import SYNTHETIC
 from reliable_saliency.data import make_synthetic

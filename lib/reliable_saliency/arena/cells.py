@@ -23,7 +23,8 @@ from ..evaluation import retrieval
 from ..explainers import dance
 from ..maps.similarity import spearman
 from ..models.smoothing import to_softplus
-from .measures import (GOALS, PassCounter, clean_retrieval, faithfulness, goal_value, pixel_map,
+from ..core.timing import PassCounter
+from .measures import (GOALS, clean_retrieval, faithfulness, goal_value, pixel_map,
                        reliability, sanity, stability)
 from .perturb import RESTARTABLE, random_noise, run_perturbation, steps_of
 from .routes import aim, decoy_options, decoys_of, retrieval_mask, scored_explainer

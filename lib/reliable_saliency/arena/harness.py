@@ -28,8 +28,9 @@ from torch import Tensor, nn
 
 from ..core.store import ResultStore
 from ..core.workers import local_device
+from ..evaluation.selection import correctly_classified
 from .cells import Shared, pair_shard, shared_shard
-from .localisation import localise, select_correct, shapes_images, shapes_model
+from .localisation import localise, shapes_images, shapes_model
 from .measures import GOALS, randomised_copy
 from .perturb import RESTARTABLE, steps_of
 from .routes import is_relu, route, scored_explainer
@@ -80,7 +81,8 @@ def cifar_images(models: dict[str, nn.Module], settings: ArenaSettings, device="
     """``settings.images`` CIFAR-10 test images that every model classifies correctly (seeded)."""
     from ..data import load_cifar10
 
-    chosen = select_correct(list(models.values()), load_cifar10("test"), settings.images, settings.seed, device=device)
+    chosen = correctly_classified(list(models.values()), load_cifar10("test"), settings.images, seed=settings.seed,
+                                  device=device)
     return chosen.normalized(device), chosen.labels.to(device)
 
 

@@ -19,12 +19,13 @@ from torch import Tensor, nn
 from ..core import inputs
 from ..core.store import ResultStore
 from ..data import ImageSet, make_synthetic
+from ..evaluation.selection import correctly_classified
 from ..explainers.mask_search import normalise_search_map
 from ..maps.localisation import box_iou, pointing_game
 from ..training.loops import TrainConfig, train
 from .settings import ArenaSettings
 
-__all__ = ["shapes_cnn", "shapes_model", "shapes_images", "localise", "select_correct"]
+__all__ = ["shapes_cnn", "shapes_model", "shapes_images", "localise"]
 
 
 def shapes_cnn() -> nn.Module:
@@ -63,33 +64,11 @@ def shapes_model(settings: ArenaSettings, store: ResultStore, progress: bool = F
     return model.eval()
 
 
-def select_correct(models: list[nn.Module], images: ImageSet, n: int, seed: int, chunk: int = 500,
-                   device="cpu") -> ImageSet:
-    """The first ``n`` images, in a seeded random order, that every model (on ``device``) classifies correctly."""
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
-    kept, found = [], 0
-    with torch.no_grad():
-        for start in range(0, len(images), chunk):
-            index = order[start:start + chunk]
-            part = images.subset(index)
-            x, right = part.normalized(device), torch.ones(len(index), dtype=torch.bool)
-            for model in models:
-                right &= (model(x).argmax(1) == part.labels.to(device)).cpu()
-            kept.append(index[right])
-            found += int(right.sum())
-            if found >= n:
-                break
-    if found < n:
-        raise ValueError(f"only {found} of {len(images)} images are classified correctly by all {len(models)} "
-                         f"model(s); ask for at most {found} images")
-    return images.subset(torch.cat(kept)[:n])
-
-
 def shapes_images(model: nn.Module, settings: ArenaSettings, device="cpu") -> ImageSet:
     """``settings.shapes_images`` test shapes (a third draw of the set) that the model classifies correctly."""
     pool = make_synthetic(n=4 * settings.shapes_images + 100, size=settings.shapes_size,
                           object_size=_object_size(settings), seed=settings.seed + 2)
-    return select_correct([model], pool, settings.shapes_images, settings.seed, device=device)
+    return correctly_classified([model], pool, settings.shapes_images, seed=settings.seed, device=device)
 
 
 def localise(raw: Tensor, boxes: Tensor) -> dict[str, Tensor]:

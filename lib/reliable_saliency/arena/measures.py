@@ -9,12 +9,9 @@ numbers are those a reader gets by calling the measures directly (tested).
 - :func:`faithfulness`, :func:`reliability`, :func:`clean_retrieval`, :func:`sanity`: deletion and
   insertion AUC, paper C's sigma* with its shuffled nulls, paper A's retrieval with the
   wrong-class control, the model-randomisation check;
-- :class:`PassCounter`: model inputs (a forward pre-hook) and seconds of a block.
 """
 
 from __future__ import annotations
-
-import time
 
 import torch
 from torch import Tensor, nn
@@ -29,41 +26,11 @@ from ..maps.similarity import pearson, spearman, ssim, topk_intersection
 from .routes import retrieval_mask
 from .settings import ArenaSettings, image_seed
 
-__all__ = ["PassCounter", "pixel_map", "topk", "target_region", "stability", "goal_value", "faithfulness",
+__all__ = ["pixel_map", "topk", "target_region", "stability", "goal_value", "faithfulness",
            "reliability", "clean_retrieval", "randomised_copy", "sanity", "GOALS"]
 
 # perturbation -> the measure of its own goal (read on the real maps, and on the attack's map)
 GOALS = {"mass_center": "center_shift", "targeted": "region_mass", "dombrowski": "target_pearson", "frame": "frame_mse"}
-
-
-class PassCounter:
-    """``with PassCounter(model) as c:`` counts the rows of every input ``model`` receives (a
-    forward pre-hook, removed on exit) and the block's wall time: ``c.passes``, ``c.seconds``."""
-
-    def __init__(self, model: nn.Module):
-        self.model, self.passes, self.seconds = model, 0, float("nan")
-
-    def _count(self, module, args) -> None:
-        if args and isinstance(args[0], Tensor):
-            self.passes += args[0].shape[0]
-
-    def _synchronise(self) -> None:
-        parameter = next(self.model.parameters(), None)
-        if parameter is not None and parameter.device.type == "cuda":
-            torch.cuda.synchronize(parameter.device)
-
-    def __enter__(self) -> PassCounter:
-        self._handle = self.model.register_forward_pre_hook(self._count)
-        self._synchronise()
-        self._start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        try:
-            self._synchronise()
-            self.seconds = time.perf_counter() - self._start
-        finally:
-            self._handle.remove()
 
 
 def pixel_map(raw: Tensor) -> Tensor:

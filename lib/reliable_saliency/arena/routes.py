@@ -13,7 +13,6 @@ transferred: an attack aimed at one explainer is never scored on another.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from dataclasses import dataclass
 from functools import partial
 
@@ -21,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..attacks.decoy_attack import RecomputedDecoys
-from ..explainers import dance, get_explainer
+from ..explainers import get_explainer
 from ..explainers.decoys import DecoySet, make_decoys
 from ..maps.postprocess import postprocess
 from ..models.smoothing import SMOOTHED
@@ -29,7 +28,7 @@ from .controls import edge_map, random_map, smoothed_gradient
 from .settings import ArenaSettings, image_seed
 
 __all__ = ["Aim", "scored_explainer", "aim", "route", "decoys_of", "retrieval_mask", "is_relu", "decoy_options",
-           "SECOND_ORDER", "RecomputeOnGraph"]
+           "SECOND_ORDER"]
 
 # maps whose derivative w.r.t. x needs the model's second derivative (a ReLU model needs a Softplus copy)
 SECOND_ORDER = {"gradient", "smoothgrad", "integrated_gradients", "gradcam", "lrp_epsilon", "relex", "dance",
@@ -104,29 +103,6 @@ def retrieval_mask(name: str, raw: Tensor) -> Tensor:
     if name == "gradcam":
         return postprocess(raw[:, 0], ["normalize_minmax"])
     return postprocess(raw, ["absolute", "channel_sum", "divide_by_percentile"])
-
-
-class RecomputeOnGraph(RecomputedDecoys):
-    """:class:`..attacks.decoy_attack.RecomputedDecoys` counting the calls made *with*
-    ``create_graph`` (one per step in every attack of the arena, while the calls without it differ:
-    Ghorbani's attack reuses its map on a smooth model, Dombrowski's and the frame attack make
-    none between the first and the last): the decoys are solved again with the real model at the
-    image of every ``every``-th such call (the first uses the clean image's decoys); calls without
-    ``create_graph`` use the current decoys."""
-
-    graph_calls = 0
-
-    def __call__(self, model, x, target, *, create_graph=False, generator=None, batch_size=None):
-        if create_graph:
-            self.graph_calls += 1
-            if self.graph_calls > 1 and (self.graph_calls - 1) % self.every == 0:
-                self.decoys = make_decoys(self.model, x.detach(), **self.options)
-                self.recomputed += 1
-                self.excluded += int(self.decoys.excluded)
-        with warnings.catch_warnings():  # excluded decoys are counted in self.excluded
-            warnings.filterwarnings("ignore", message="DANCE: .* never satisfied")
-            return dance(model, x, target, decoys=self.decoys, base=self.base, base_options=self.base_options,
-                         create_graph=create_graph, generator=generator, batch_size=batch_size)
 
 
 @dataclass
@@ -218,5 +194,6 @@ def aim(name: str, perturbation: str, model: nn.Module, x: Tensor, settings: Are
         return Aim(text, short, beta, True, normalise=normalise)
     options = decoy_options(s)  # dance
     decoys = make_decoys(model, x.detach(), **options) if decoys is None else decoys
-    bpda = RecomputeOnGraph(model, decoys, every=s.dance_recompute_every, base="gradient", **options)
+    bpda = RecomputedDecoys(model, decoys, every=s.dance_recompute_every, base="gradient", on_graph=True,
+                            **options)
     return Aim(text, bpda, beta, True, normalise=normalise)

@@ -34,18 +34,24 @@ class RecomputedDecoys:
     one: the decoys keep its representation) at the images of every ``every``-th call made without
     ``create_graph`` (the attack's evaluation of the real map, once per step; the first such call is
     the clean image, explained with ``decoys``). ``recomputed`` counts the solves, ``excluded`` the
-    decoys they left out. ``every`` larger than the attack's steps keeps the clean decoys throughout."""
+    decoys they left out. ``every`` larger than the attack's steps keeps the clean decoys throughout.
+    ``on_graph=True`` counts the calls made *with* ``create_graph`` instead (one per step in every
+    attack, where attacks that reuse a map on a smooth model, Dombrowski's, the frame attack and the
+    masked retrieval make no plain call between their first and last steps); the first such call
+    still uses ``decoys``."""
 
     def __init__(self, model: nn.Module, decoys: DecoySet, *, every: int, base: str = "gradient",
-                 base_options: dict | None = None, **decoy_options):
+                 base_options: dict | None = None, on_graph: bool = False, **decoy_options):
         integer("every", every)
-        self.model, self.decoys, self.every = model, decoys, every
+        if not isinstance(on_graph, bool):
+            raise ValueError(f"on_graph must be True or False, got {on_graph!r}")
+        self.model, self.decoys, self.every, self.on_graph = model, decoys, every, on_graph
         self.base, self.base_options, self.options = base, base_options or {}, decoy_options
         self.calls = self.recomputed = self.excluded = 0
 
     def __call__(self, model: nn.Module, x: Tensor, target: Tensor, *, create_graph: bool = False,
                  generator: torch.Generator | None = None, batch_size: int | None = None) -> Tensor:
-        if not create_graph:
+        if create_graph == self.on_graph:
             self.calls += 1
             if self.calls > 1 and (self.calls - 1) % self.every == 0:
                 self.decoys = make_decoys(self.model, x.detach(), **self.options)

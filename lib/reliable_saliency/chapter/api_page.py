@@ -90,7 +90,7 @@ def _functions(module, names: list[str]) -> str:
 
 def render_page() -> str:
     """The page's Markdown, from the library as imported now."""
-    from .. import attacks, evaluation, maps
+    from .. import arena, attacks, evaluation, maps
 
     return (
         "# Library reference\n\n"
@@ -103,6 +103,7 @@ def render_page() -> str:
         f"## Measures that run the model\n\n{_functions(evaluation, evaluation.__all__)}\n"
         f"## Map measures (no model)\n\n{_functions(maps, maps.__all__)}\n"
         f"## Attacks\n\n{_functions(attacks, attacks.__all__)}\n"
+        f"## The arena (every method against every attack)\n\n{_functions(arena, arena.__all__)}\n"
     )
 
 

@@ -1,4 +1,4 @@
-"""The chapters' timing helper (reliable_saliency.chapter.timing): inputs counted exactly, the hook
+"""The chapters' timing helper (reliable_saliency.core.timing): inputs counted exactly, the hook
 removed on exit and on errors, and the bound measured per batch size."""
 
 import math
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from reliable_saliency.chapter.timing import PassCounter, bound_per_pass
+from reliable_saliency.core.timing import PassCounter, bound_per_pass
 
 
 def small_model():

@@ -1,6 +1,6 @@
-"""Timing for the chapters' speed sections: how many model inputs a call evaluates and how long it
-takes, and the bound those inputs imply (the best measured time of a plain forward + input-gradient
-pass per input).
+"""Timing for the speed sections of the chapters and the arena: how many model inputs a call
+evaluates and how long it takes, and the bound those inputs imply (the best measured time of a
+plain forward + input-gradient pass per input).
 
     with PassCounter(model) as clock:
         masks = relex(model, x, target)
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..core.options import integer
+from .options import integer
 
 __all__ = ["PassCounter", "bound_per_pass"]
 
