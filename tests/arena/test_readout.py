@@ -91,6 +91,9 @@ def test_pooled_is_the_mean_beyond_random_per_image(toy_run):
     both = pooled(table, ["topk"], ["ssim"], over_models=True)
     lrp = both[both.explainer == "lrp_epsilon"].sort_values("image")["value"].to_numpy()
     np.testing.assert_allclose(lrp, oriented(table, "lrp_epsilon", "relu", "topk", "ssim"))  # refused on soft: left out
+    assert "lrp_epsilon" not in set(pooled(table, ["topk"], ["ssim"], over_models=True, complete=True).explainer)
+    assert set(pooled(table, ["topk"], ["ssim"], over_models=True, complete=True).explainer) == set(both.explainer) - {
+        "lrp_epsilon"}
     plain = pooled(table, ["none"], ["deletion_auc"], beyond=False, label="none")
     rise = plain[(plain.explainer == "rise") & (plain.model == "soft")].sort_values("image")["value"]
     np.testing.assert_allclose(rise, -oriented(table, "rise", "soft", "none", "deletion_auc", beyond=False))

@@ -134,11 +134,13 @@ def retrieval_rows(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def pooled(table: pd.DataFrame, perturbations, measures, *, over_models: bool = False, beyond: bool = True,
-           label: str = "attacks pooled") -> pd.DataFrame:
+           complete: bool = False, label: str = "attacks pooled") -> pd.DataFrame:
     """Per explainer, (model,) measure and image, the mean over ``perturbations`` (and over the
     models with ``over_models``) of ``value - baseline`` (with ``beyond``, else of ``value``): one
     number per image, so a rank table's bootstrap still resamples images. The perturbation is named
-    ``label``, the baseline 0; an explainer's NaN cells (a model it refuses) are left out of its mean."""
+    ``label``, the baseline 0; an explainer's NaN cells (a model it refuses) are left out of its mean.
+    ``complete``: only the explainers with a value on every model of the table, so that every mean
+    pools the same models (an explainer that refuses some models is left out, not compared on fewer)."""
     part = table[table["perturbation"].astype(str).isin(list(perturbations))
                  & table["measure"].astype(str).isin(list(measures))].copy()
     if part.empty:
@@ -146,6 +148,10 @@ def pooled(table: pd.DataFrame, perturbations, measures, *, over_models: bool = 
     for column in ("explainer", "model", "measure"):
         part[column] = part[column].astype(str)
     part["beyond"] = part["value"] - part["baseline"] if beyond else part["value"]
+    if complete:
+        covered = part.dropna(subset=["beyond"]).groupby("explainer")["model"].nunique()
+        everywhere = covered[covered == part["model"].nunique()].index
+        part = part[part["explainer"].isin(everywhere)]
     keys = ["explainer", "measure", "image"] + ([] if over_models else ["model"])
     out = part.groupby(keys, sort=True).agg(value=("beyond", "mean"), higher_is_better=("higher_is_better", "first"),
                                            control=("control", "first")).reset_index()
