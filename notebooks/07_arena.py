@@ -128,8 +128,9 @@ def first(count: int) -> str:
 #   95% of its ranks, and explainers whose intervals overlap are tied. A table cell reads
 #   "mean #rank (interval)".
 # - **Full strength first.** An attack that did not reach its goal is no evidence that a map
-#   resists it, so every attack's strength is read before any ranking (the rules below), and a
-#   claim whose attack is not shown at full strength is inconclusive, with the reason.
+#   resists it, so every attack's strength is read before any ranking (the rules below); where a
+#   claim rests on an attack not shown at full strength, the verdict that the attack's weakness
+#   could produce reads inconclusive, with the reason.
 # - **Claims under the same rule.** Each of the papers' claims goes through the book's claims
 #   ledger with its quantifier (for every model, for every baseline, ...), against the right null:
 #   random noise of the same budget, the controls, or a margin the paper's own wording sets.
@@ -485,7 +486,7 @@ ch.figure(fig, "Each explainer's robustness beyond random noise against its fait
                "turned so that up is better) and its cost (lower; seconds per image in this run, log scale); 95% "
                "bootstrap intervals over images. Coloured circles: the methods; grey square, triangle and diamond: the "
                "controls. Robustness counts every attack, including those not at full strength (the circles of the "
-               "heatmap).")
+               "heatmap); LRP-epsilon on the ReLU models only, the models it explains.")
 
 # %% [markdown]
 # ## Where a control ranks at or above a method
@@ -685,10 +686,15 @@ def lead(ranks, **where) -> tuple[list[str], list[str]]:
 
 passes = cost["passes per image"]
 weak_explainers = sorted(set(attacks_checked.loc[attacks_checked.status == "weak", "explainer"].astype(str)))
+# the rankings pooled over models, among the explainers that explain every model (the same models in every mean)
+robust_all = rank_table(pooled(T, ATTACK_LIST, ["topk_intersection"], over_models=True, complete=True),
+                        column="beyond", rounds=rank_rounds, seed=seed)
+deletion_all = rank_table(pooled(T, ["none"], ["deletion_auc"], over_models=True, beyond=False, complete=True,
+                                 label="none"), rounds=rank_rounds, seed=seed)
+partial = [e for e in EXPLAINERS if e in robust.index and e not in set(robust_all.explainer)]
 needs = [
-    ("Maps that survive attacks (top-k intersection beyond random noise, every attack and model)",
-     lead(robust.reset_index())),
-    ("Maps the model's output follows (deletion AUC, models pooled)", lead(deletion.reset_index())),
+    ("Maps that survive attacks (top-k intersection beyond random noise, every attack and model)", lead(robust_all)),
+    ("Maps the model's output follows (deletion AUC, models pooled)", lead(deletion_all)),
     ("Maps that point at the object (pointing game on the synthetic shapes)", lead(local_ranks, measure="pointing_game")),
     (f"Maps that depend on the model (the sanity check, {N[MODELS[0]]} model)",
      lead(sanity_ranks, model=MODELS[0]) if len(sanity_ranks) else ([], [])),
@@ -704,6 +710,10 @@ for need, (best, tied_controls) in needs:
     if shaky:
         line += f"; the attacks on {names(shaky)} are not all at full strength, so their place is not evidence"
     guide.append(line + ".")
+if partial:
+    guide.append(f"\n{names(partial)} {'explains' if len(partial) == 1 else 'explain'} only some of the models, so "
+                 f"{'it is' if len(partial) == 1 else 'they are'} left out of the two rankings pooled over models "
+                 "(the rankings per model are in the tables above).")
 display(Markdown("\n".join(guide)))
 
 # %% [markdown]
