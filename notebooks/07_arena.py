@@ -270,8 +270,9 @@ detail.index = pd.MultiIndex.from_tuples([(N[e], N[p]) for e, p in detail.index]
 detail.columns = ["x2 steps / tolerance", "restart / tolerance", "second half (share)", "stand-in Spearman",
                   "labels kept", "change mean (/255)", "change max (/255)"]
 ch.table(detail, "The strength numbers per explainer and attack, the worst over the models (largest extra effort and "
-                 "second-half share, smallest stand-in Spearman), the share of labels kept and the change per pixel "
-                 "(mean, and the largest anywhere), in 1/255.", digits=2,
+                 "second-half share, smallest stand-in Spearman), the share of labels kept (for PGD, which aims at the "
+                 "label, the share it failed to change) and the change per pixel (mean, and the largest anywhere), in "
+                 "1/255.", digits=2,
          formats={c: "{:.2f}" for c in ("x2 steps / tolerance", "restart / tolerance", "second half (share)")},
          missing="not applicable: no random start (Dombrowski, frame), no step trace (PGD), no stand-in (the attack "
                  "differentiates the scored map itself), or no strength runs at this profile")
