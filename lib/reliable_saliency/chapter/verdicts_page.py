@@ -64,6 +64,7 @@ PAPER_CHAPTERS = {
 OWN_CHAPTERS = {
     "00_data_and_models": "The book's data and models",
     "01_fragile_explanations": "Fragile explanations: the background papers (Ghorbani et al.; Dombrowski et al.)",
+    "07_arena": "The arena: every method against every attack, on the same footing",
 }
 
 
