@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from .hooks import probed
+
 __all__ = ["ACTIVATIONS", "operations", "functional_rule"]
 
 # torch functions (and tensor methods) a rule may need to know about, by a reader's name
@@ -60,12 +62,16 @@ class _Watch(TorchFunctionMode):
 
 def operations(model: nn.Module, x: Tensor) -> list[tuple[str, str]]:
     """``(operation, module)`` for every watched call of a no-grad forward pass of ``x[:1]``, in
-    order; the module is the innermost one running (``"model"``: the model's own forward)."""
-    seen: list[tuple[str, str]] = []
-    with _module_stack(model) as stack, _Watch(stack, lambda name, where, *_: seen.append((name, where))), \
-            torch.no_grad():
-        model(x[:1].detach())
-    return seen
+    order; the module is the innermost one running (``"model"``: the model's own forward). Probed
+    once per model and input shape (:func:`..core.hooks.probed`)."""
+    def probe() -> tuple[tuple[str, str], ...]:
+        seen: list[tuple[str, str]] = []
+        with _module_stack(model) as stack, _Watch(stack, lambda name, where, *_: seen.append((name, where))), \
+                torch.no_grad():
+            model(x[:1].detach())
+        return tuple(seen)
+
+    return list(probed(model, x, "operations", probe))
 
 
 @contextmanager

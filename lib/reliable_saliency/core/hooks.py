@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["forward_hooks", "leaf_modules", "last_spatial_layer"]
+__all__ = ["forward_hooks", "leaf_modules", "last_spatial_layer", "probed"]
+
+T = TypeVar("T")
+_PROBES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {structure: result}
 
 
 @contextmanager
@@ -27,6 +32,21 @@ def leaf_modules(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if next(m.children(), None) is None]
 
 
+def probed(model: nn.Module, x: Tensor, what: str, probe: Callable[[], T]) -> T:
+    """``probe()``, a forward pass of ``x[:1]`` that reads the model's structure, remembered per model
+    while its modules (names, objects, types, training flags), the input's shape, dtype and device
+    and the active torch function modes stay the same. A probe costs one image's forward pass per
+    call, which a loop of small calls (an attack's steps) would otherwise pay every time. Errors are
+    not kept."""
+    structure = (what, tuple((name, id(m), type(m), m.training) for name, m in model.named_modules()),
+                 tuple(x.shape[1:]), x.dtype, x.device,
+                 tuple(type(mode) for mode in torch.overrides._get_current_function_mode_stack()))
+    memo = _PROBES.setdefault(model, {})
+    if structure not in memo:
+        memo[structure] = probe()
+    return memo[structure]
+
+
 def last_spatial_layer(model: nn.Module, x: Tensor) -> tuple[str, int | None]:
     """The layer Grad-CAM and the decoys use by default, as ``(name, call)``: the module that produced the last
     spatial (N, C, h, w), h*w > 1, output of a forward pass of ``x[:1]``, innermost among the
@@ -39,7 +59,12 @@ def last_spatial_layer(model: nn.Module, x: Tensor) -> tuple[str, int | None]:
     Refused (ValueError): a model that turns its last spatial output into a token sequence
     (N, T, D), T > 1 (a vision transformer: the last spatial layer is the patch embedding, the
     first layer, and a "Grad-CAM" there says nothing about the transformer); pass ``layer=`` with a
-    reshape of the token maps, or use a gradient-based method."""
+    reshape of the token maps, or use a gradient-based method. Probed once per model and input
+    shape (:func:`probed`)."""
+    return probed(model, x, "last_spatial_layer", lambda: _find_last_spatial_layer(model, x))
+
+
+def _find_last_spatial_layer(model: nn.Module, x: Tensor) -> tuple[str, int | None]:
     names = {module: name for name, module in model.named_modules() if name}
     runs: dict[nn.Module, int] = {}
     order: list[tuple[nn.Module, Tensor, int, int]] = []  # module, output, its version, call
