@@ -85,3 +85,12 @@ def test_workers_start_torchrun_with_the_same_command(notebooks, monkeypatch):
     assert command[5:] == ["-m", "reliable_saliency", "--notebooks", str(folder), "run", "7", "--profile", "smoke"]
     monkeypatch.setenv("WORLD_SIZE", "2")  # inside torchrun: each worker executes the chapter itself
     assert cli.main(argv) == 0 and len(calls) == 1 and len(started) == 1
+
+
+def test_workers_are_never_guessed(notebooks, monkeypatch, capsys):
+    folder, calls = notebooks
+    with pytest.raises(SystemExit):  # no abbreviations: "--work 2" is not "--workers 2"
+        cli.main(["--notebooks", str(folder), "run", "7", "--work", "2"])
+    monkeypatch.setenv("WORLD_SIZE", "1")  # a torchrun group of one cannot hold 2 workers
+    assert cli.main(["--notebooks", str(folder), "run", "7", "--workers", "2"]) == 2
+    assert "inside a torchrun group of 1" in capsys.readouterr().err and not calls

@@ -40,6 +40,7 @@ def filled_ledger() -> claims.Ledger:
     ({"combine": "most"}, "combine"),
     ({"min_n": 1}, "min_n"),
     ({"parts": {}}, "at least one"),
+    ({"parts": {1: [0.1, 0.2, 0.3], "1": [0.1, 0.2, 0.3]}}, "same label"),
     ({"parts": {"a": ["x", "y"]}}, "must be numbers"),
     ({"caveats": [""]}, "caveat"),
 ])

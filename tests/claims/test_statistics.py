@@ -139,3 +139,17 @@ def test_a_failed_precondition_voids_the_verdict():
         precondition_failed="regulariser did not act (penalty 0.7% of the loss)")
     assert claim.verdict == "inconclusive" and claim.qualifier.startswith("regulariser did not act")
     assert "as measured: holds" in claim.verdict_text
+
+
+def test_a_statistic_needs_images_and_its_constancy_is_read_from_the_bootstrap():
+    import numpy as np
+    import pytest
+
+    from reliable_saliency.claims.statistics import Statistic
+
+    with pytest.raises(ValueError, match="no image"):
+        Statistic(lambda a: a.mean(-1), np.zeros((3, 0)), name="empty")
+    flat = Statistic(lambda a: a.mean(-1) * 0.0, np.arange(10.0), name="always zero")
+    assert flat.constant_over(flat.bootstrap(50, 0))
+    moving = Statistic(lambda a: a.mean(-1), np.arange(10.0), name="mean")
+    assert not moving.constant_over(moving.bootstrap(50, 0))

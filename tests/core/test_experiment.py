@@ -85,6 +85,21 @@ def test_run_key_changes_with_the_shipped_checkpoints(tmp_path):
     assert checkpoints_hash(tmp_path / "missing") == checkpoints_hash(tmp_path / "also-missing")
 
 
+def test_run_key_changes_when_a_model_is_retrained_into_the_cache(tmp_path, monkeypatch):
+    from reliable_saliency.chapter.run import checkpoints_hash
+
+    shipped, cache = tmp_path / "shipped", tmp_path / "cache"
+    shipped.mkdir()
+    (shipped / "m-book-1.json").write_text('{"sha256": "a"}')
+    (shipped / "m-book-1.pt").write_bytes(b"weights")
+    monkeypatch.setenv("RELIABLE_SALIENCY_CACHE", str(cache))
+    first = checkpoints_hash(shipped)
+    (cache / "zoo").mkdir(parents=True, exist_ok=True)
+    (cache / "zoo" / "m-book-1.pt").write_bytes(b"other weights")  # the zoo loads the cache's copy first
+    (cache / "zoo" / "m-book-1.json").write_text('{"sha256": "c"}')
+    assert checkpoints_hash(shipped) != first
+
+
 def _fake_package(root):
     files = {
         "__init__.py": "",

@@ -118,3 +118,35 @@ def test_a_failing_worker_reports_its_shard_and_error(tmp_path):
     assert process.wait(180) != 0
     stderr = process.stderr.read()
     assert "shard 3 (images 12..15) on worker 1: ValueError('this shard fails on purpose')" in stderr
+
+
+def test_a_two_worker_resume_deals_the_missing_shards_out_evenly(tmp_path):
+    root = tmp_path / "run"
+    first = run_worker(root, tmp_path / "first.pt")
+    assert first.wait(120) == 0, first.stderr.read()
+    folder = next((root / "run-key").iterdir())
+    for i in (1, 3, 5):  # a 2-worker run killed after worker 0 had written all of its shards
+        (folder / f"shard-{i:05d}-of-00010.pt").unlink()
+    (root / "computed.log").unlink()
+    resumed = run_worker(root, tmp_path / "resumed.pt", workers=2)
+    assert resumed.wait(180) == 0, resumed.stderr.read()
+    by_worker = sorted(tuple(map(int, line.split()))[::-1] for line in (root / "computed.log").read_text().splitlines())
+    assert by_worker == [(0, 1), (0, 5), (1, 3)]  # (worker, shard): both workers work, not worker 1 alone
+    a, b = torch.load(tmp_path / "first.pt"), torch.load(tmp_path / "resumed.pt")
+    assert torch.equal(a["maps"], b["maps"])
+
+
+def test_params_hash_is_the_same_in_every_process_and_refuses_addresses():
+    code = ("from reliable_saliency.core.store import _params_hash; import numpy as np; "
+            "print(_params_hash({'names': {'gradient', 'rise', 'relex', 'dance'}, 'a': np.arange(2000)}, 8, 4))")
+    hashes = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+                                  "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2", "3")}
+    assert len(hashes) == 1
+    import numpy as np
+
+    long_a, long_b = np.arange(2000), np.arange(2000)
+    long_b[1000] = -1  # numpy's repr would abbreviate both to the same text
+    assert store_module._params_hash({"a": long_a}, 8, 4) != store_module._params_hash({"a": long_b}, 8, 4)
+    with pytest.raises(TypeError, match="memory address"):
+        store_module._params_hash({"model": object()}, 8, 4)

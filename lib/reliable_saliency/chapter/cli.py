@@ -76,12 +76,14 @@ def _parameter_help(source: Path) -> str:
 
 
 def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
-    parser = argparse.ArgumentParser(prog="reliable-saliency", description="List and rerun the book's chapters.")
+    parser = argparse.ArgumentParser(prog="reliable-saliency", description="List and rerun the book's chapters.",
+                                     allow_abbrev=False)
     parser.add_argument("--notebooks", type=Path, default=PROJECT_ROOT / "notebooks",
                         help="folder of the chapter sources (default: this checkout's notebooks/)")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="the chapters and their titles")
-    run = commands.add_parser("run", add_help=False, help="execute a chapter (run NAME --help: its parameters)")
+    run = commands.add_parser("run", add_help=False, allow_abbrev=False,
+                              help="execute a chapter (run NAME --help: its parameters)")
     run.add_argument("chapter", nargs="?", help="file stem, number or part of the name, e.g. 02_relex, 2, relex")
     run.add_argument("--profile", default="book", help=f"one of {', '.join(PROFILES)} (default book)")
     run.add_argument("--output", type=Path, default=PROJECT_ROOT / "book",
@@ -124,7 +126,12 @@ def main(argv: list[str] | None = None) -> int:
         check_overrides(read_parameters(source), overrides, source.stem)  # before anything is built
         if args.workers < 1:
             raise ParameterError(f"--workers must be at least 1 (got {args.workers})")
-        if args.workers > 1 and "WORLD_SIZE" not in os.environ:  # start the workers; each runs this command
+        world = os.environ.get("WORLD_SIZE")
+        if args.workers > 1 and world is not None and world != str(args.workers):
+            raise ParameterError(f"--workers {args.workers} inside a torchrun group of {world} workers: leave out "
+                                 f"--workers when torchrun starts the workers (its --nproc-per-node sets them)")
+        if args.workers > 1 and world is None:  # start the workers; each runs this command
+            _paired_notebook(source)  # once, before the workers read it
             rest = list(argv if argv is not None else sys.argv[1:])
             at = rest.index("--workers") if "--workers" in rest else next(
                 i for i, a in enumerate(rest) if a.startswith("--workers="))

@@ -110,13 +110,24 @@ def run_key(notebook: Path, profile: str, values: dict) -> str:
 
 
 def checkpoints_hash(folder: Path | None = None) -> str:
-    """sha256 (12 hex digits) over the sidecars of the book's shipped checkpoints (``book/checkpoints``
-    of this checkout; each sidecar names its weight file's sha256, so a new weight file changes it)."""
-    folder = Path(folder) if folder else Path(__file__).resolve().parents[3] / "book" / "checkpoints"
+    """sha256 (12 hex digits) over the sidecars of the checkpoints a chapter loads (each sidecar names
+    its weight file's sha256, so a new weight file changes it): for every checkpoint shipped in
+    ``folder`` (default: the checkout's ``book/checkpoints``) or in ``$RELIABLE_SALIENCY_CHECKPOINTS``,
+    the copy the zoo would load (the cache first, as :func:`..training.zoo.find_checkpoint`), so a
+    model retrained into the cache changes the key. Models that exist only in the cache are trained
+    from their recipe (part of the library's hash), not hashed here."""
+    from ..training import zoo
+
+    folders = [Path(folder) if folder else zoo.SHIPPED_CHECKPOINTS, *zoo.checkpoint_folders()]
+    names = sorted({p.name for f in folders if f.is_dir() for p in f.glob("*.json") if p.name != "README.json"})
     digest = hashlib.sha256()
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
+    for name in names:
+        loaded = zoo.find_checkpoint(zoo.cache_dir("zoo") / Path(name).with_suffix(".pt").name)
+        sidecar = loaded.with_suffix(".json") if loaded is not None else None
+        if sidecar is None or not sidecar.exists():  # a sidecar without weights: hash what is there
+            sidecar = next(f / name for f in folders if (f / name).exists())
+        digest.update(name.encode())
+        digest.update(sidecar.read_bytes())
     return digest.hexdigest()[:12]
 
 

@@ -137,6 +137,8 @@ class Ledger:
             _text(min_n_reason, f"min_n_reason (min_n = {min_n} is below the book's {MIN_N})")
         if not isinstance(parts, dict) or not parts:
             raise ValueError("parts must be a dict holding at least one label -> values entry")
+        if len({str(label) for label in parts}) != len(parts):
+            raise ValueError(f"two parts have the same label once written as text: {[str(k) for k in parts]}")
         tested_against = threshold + (min_effect or 0.0) * (1 if direction == "above" else -1)
         rows, results, sign_results = [], [], []
         for label, data in parts.items():
@@ -146,11 +148,13 @@ class Ledger:
                 values, baseline = data if isinstance(data, tuple) else (data, None)
                 effect = effect_of(values, baseline, paired=paired, nan=nan)
             means = effect.bootstrap(self.rounds, self.run.seed)
-            power = UNDERPOWERED if effect.n < min_n else (NO_POWER if effect.constant else "ok")
+            constant = effect.constant_over(means) if isinstance(effect, Statistic) else effect.constant
+            power = UNDERPOWERED if effect.n < min_n else (NO_POWER if constant else "ok")
             low, high = np.percentile(means, [2.5, 97.5]) if effect.n >= 2 else (math.nan, math.nan)
-            results.append(PartResult(str(label), effect.n, effect.dropped, effect.mean, float(low), float(high),
+            dropped = 0 if isinstance(effect, Statistic) else effect.dropped  # NaN images (a statistic's are resamples)
+            results.append(PartResult(str(label), effect.n, dropped, effect.mean, float(low), float(high),
                                       *one_sided_p(means, tested_against, direction), power=power))
-            sign_results.append(PartResult(str(label), effect.n, effect.dropped, effect.mean, float(low),
+            sign_results.append(PartResult(str(label), effect.n, dropped, effect.mean, float(low),
                                            float(high), *one_sided_p(means, threshold, direction), power=power))
             rows.append((effect, means))
         if below_strength and weakness_favours not in ("holds", "does not hold"):

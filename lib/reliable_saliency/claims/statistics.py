@@ -177,8 +177,10 @@ class Statistic:
         if len(sizes) != 1:
             raise ValueError(f"every array of a statistic needs the same images on its last axis, got {sizes}")
         self.n = sizes.pop()
+        if self.n < 1:
+            raise ValueError(f"statistic {self.name!r} has no image (its arrays' last axis is empty)")
         self.samples = ()
-        self.dropped = 0
+        self.dropped = 0  # undefined resamples of the last bootstrap (not images)
 
     @property
     def mean(self) -> float:  # the statistic on all images (called "mean" to share Effect's interface)
@@ -190,10 +192,10 @@ class Statistic:
         self.dropped = int(np.isnan(values).sum())
         return values[~np.isnan(values)] if self.dropped < rounds else np.full(rounds, math.nan)
 
-    @property
-    def constant(self) -> bool:
-        values = self.bootstrap(200, 0)
-        return bool(np.isnan(values).all() or np.ptp(values) <= 1e-12)
+    def constant_over(self, means: np.ndarray) -> bool:
+        """No power: the statistic is undefined on every resample, or the same on all (``means``: the
+        values :meth:`bootstrap` returned)."""
+        return bool(np.isnan(means).all() or np.ptp(means) <= 1e-12)
 
 
 def _text_name(name: str) -> str:

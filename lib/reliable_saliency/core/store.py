@@ -6,8 +6,8 @@ back on every later run, shared out over the workers of :mod:`.workers`.
 axis is the image: a tensor or a flat dict of tensors), writes it under
 ``<root>/<key>/<step>-<hash of params, n, shard size>/`` and returns all shards assembled. A run
 killed half way loses at most the shards in flight; the next run computes only the missing ones.
-With several workers (``torchrun``), worker r computes the shards i with i % workers == r, all meet
-at a barrier and every worker reads the assembled result from the shared folder; a worker's error
+With several workers (``torchrun``), the missing shards are dealt out in turn (worker r takes the
+r-th, the (r + workers)-th, ...), all meet at a barrier and every worker reads the assembled result from the shared folder; a worker's error
 is written beside the shard and raised by every worker, naming the shard, its images and the error.
 
 The results must not depend on how images are grouped (per-image seeds do this for every
@@ -43,8 +43,18 @@ class ShardError(RuntimeError):
 
 
 def _params_hash(params: dict, n: int, shard_size: int) -> str:
-    def plain(value):  # tensors in full (repr abbreviates long ones), anything else by its repr
-        return value.tolist() if isinstance(value, torch.Tensor) else repr(value)
+    def plain(value):  # what JSON cannot write: the same text in every process and on every run
+        if isinstance(value, torch.Tensor):  # in full (repr abbreviates long ones)
+            return {"tensor": str(value.dtype), "shape": list(value.shape), "values": value.tolist()}
+        if type(value).__module__ == "numpy" and hasattr(value, "tolist"):
+            return {"numpy": str(getattr(value, "dtype", "")), "values": value.tolist()}
+        if isinstance(value, (set, frozenset)):  # iteration order varies between processes
+            return {"set": sorted(json.dumps(v, sort_keys=True, default=plain) for v in value)}
+        text = repr(value)
+        if " at 0x" in text:
+            raise TypeError(f"store params: {text} names a memory address, which changes on every run, so the "
+                            f"step would never resume; pass its settings as plain values")
+        return text
 
     text = json.dumps({"params": params, "n": n, "shard_size": shard_size}, sort_keys=True, default=plain)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
@@ -83,7 +93,9 @@ class ResultStore:
         spans = [(i, a, min(a + shard_size, n)) for i, a in enumerate(range(0, n, shard_size))]
         path = lambda i: folder / f"shard-{i:05d}-of-{len(spans):05d}.pt"  # noqa: E731
         me, count = workers.rank(), workers.world_size()
-        todo = [s for s in spans if s[0] % count == me and not path(s[0]).exists()]
+        missing = [s for s in spans if not path(s[0]).exists()]
+        workers.barrier()  # every worker lists the same missing shards before any is written, and
+        todo = missing[me::count]  # shares them out evenly (a resumed run may miss one worker's shards only)
         for i, start, stop in tqdm(todo, desc=f"{step} (worker {me + 1}/{count})", disable=not progress or not todo):
             error_file = folder / f"shard-{i:05d}.error.json"
             error_file.unlink(missing_ok=True)
