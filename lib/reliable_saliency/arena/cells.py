@@ -3,11 +3,13 @@ perturbation, as a flat dict of per-image tensors for the result store.
 
 Keys are ``"<perturbation>|<measure>|<field>"`` (fields ``value``, ``baseline``, ``doubled``,
 ``restart``: the measure under the perturbation, under random sign noise of the same budget, and
-on the strength subset after twice the steps and after a random restart) and
+on the strength subset after twice the steps and after a random restart; PGD, aimed at the label,
+also reports ``prediction_kept``, read the same way) and
 ``"<perturbation>||<field>"`` for what belongs to the perturbation itself (label kept, the
 perturbation's mean and max per pixel, its budget, the attack's goal on its own map, the plateau
-read-out, the surrogate distance, seconds per image). Measures without a perturbation use the
-perturbation ``"none"``.
+read-out, the surrogate distance, seconds per image, ``no_gradient``: the image had no attack
+gradient, checked per image, and its attacked values are NaN). Measures without a perturbation
+use the perturbation ``"none"``.
 """
 
 from __future__ import annotations
@@ -21,24 +23,23 @@ from torch import Tensor, nn
 from ..core.perturbation import pixel_change
 from ..evaluation import retrieval
 from ..explainers import dance
+from .controls import edge_map
 from ..maps.similarity import spearman
 from ..models.smoothing import to_softplus
 from ..core.timing import PassCounter
 from .measures import (GOALS, clean_retrieval, faithfulness, goal_value, pixel_map,
                        reliability, sanity, stability)
-from .perturb import RESTARTABLE, random_noise, run_perturbation, steps_of
+from .perturb import RESTARTABLE, flat_images, nan_vector, random_noise, run_perturbation, steps_of
 from .routes import aim, decoy_options, decoys_of, retrieval_mask, scored_explainer
 from .settings import ArenaSettings
 
 __all__ = ["Shared", "pair_shard", "shared_shard"]
 
-_NAN = float("nan")
-
-
 @dataclass
 class Shared:
     """What every explainer of one model shares (from :func:`shared_shard`, all images): the random
-    sign noise and PGD's images, and PGD's strength runs on the subset (NaN images elsewhere)."""
+    sign noise and PGD's images, and PGD's strength runs on the subset (NaN images elsewhere) with
+    the labels they kept."""
 
     x_noise: Tensor
     noise_kept: Tensor
@@ -46,10 +47,12 @@ class Shared:
     pgd_kept: Tensor
     x_pgd_doubled: Tensor
     x_pgd_restart: Tensor
+    pgd_doubled_kept: Tensor
+    pgd_restart_kept: Tensor
 
 
-def _full(n: int, value: float = _NAN) -> Tensor:
-    return torch.full((n,), value, dtype=torch.float64)
+def _full(n: int, value: float = float("nan")) -> Tensor:
+    return nan_vector(n, value=value)
 
 
 def shared_shard(model: nn.Module, x: Tensor, y: Tensor, index, settings: ArenaSettings) -> dict[str, Tensor]:
@@ -58,16 +61,21 @@ def shared_shard(model: nn.Module, x: Tensor, y: Tensor, index, settings: ArenaS
     aimed = aim("gradient", "pgd", model, x, settings, index)
     noise, noise_kept = random_noise(model, x, y, settings, index)
     run = run_perturbation("pgd", aimed, model, x, y, settings, index)
-    doubled, restart = torch.full_like(x, _NAN), torch.full_like(x, _NAN)
+    doubled, restart = torch.full_like(x, float("nan")), torch.full_like(x, float("nan"))
+    kept = {"doubled": nan_vector(len(x), x), "restart": nan_vector(len(x), x)}
     subset = [i for i, image in enumerate(index) if image < settings.strength_images]
     if subset:
         pick = torch.tensor(subset)
         sub_index = [index[i] for i in subset]
-        doubled[pick] = run_perturbation("pgd", aimed, model, x[pick], y[pick], settings, sub_index,
-                                         steps=2 * settings.pgd_steps).x_adv
-        restart[pick] = run_perturbation("pgd", aimed, model, x[pick], y[pick], settings, sub_index, restart=True).x_adv
+        twice = run_perturbation("pgd", aimed, model, x[pick], y[pick], settings, sub_index,
+                                 steps=2 * settings.pgd_steps)
+        again = run_perturbation("pgd", aimed, model, x[pick], y[pick], settings, sub_index, restart=True)
+        doubled[pick], restart[pick] = twice.x_adv, again.x_adv
+        kept["doubled"][pick.to(x.device)] = twice.label_kept.double()
+        kept["restart"][pick.to(x.device)] = again.label_kept.double()
     return {"x_noise": noise, "noise_kept": noise_kept.double(), "x_pgd": run.x_adv,
-            "pgd_kept": run.label_kept.double(), "x_pgd_doubled": doubled, "x_pgd_restart": restart}
+            "pgd_kept": run.label_kept.double(), "x_pgd_doubled": doubled, "x_pgd_restart": restart,
+            "pgd_doubled_kept": kept["doubled"], "pgd_restart_kept": kept["restart"]}
 
 
 class _Scorer:
@@ -104,7 +112,8 @@ class _Scorer:
 
 def _surrogate_distance(aimed, model, x, y, clean_px) -> Tensor:
     """Spearman between the map the attack differentiates (on the model it differentiates) and the
-    scored map, on the clean images."""
+    scored map, on the clean images. ``aimed`` must be fresh (DANCE's BPDA map keeps the decoys an
+    attack solved again at its adversarial images)."""
     attack_model = to_softplus(model, aimed.beta) if aimed.beta else model
     raw = aimed.explainer(attack_model, x, y)
     return spearman(pixel_map(raw), clean_px).double().cpu()
@@ -134,9 +143,14 @@ def pair_shard(name: str, model: nn.Module, x: Tensor, y: Tensor, index, setting
     rel = reliability(model, x, raw, y, s, index)
     out["none|sigma_rel|value"], out["none|sigma_rel|baseline"] = rel["sigma_rel"], rel["sigma_rel_null"]
     out["none|sigma_irel|value"], out["none|sigma_irel|baseline"] = rel["sigma_irel"], rel["sigma_irel_null"]
-    found = clean_retrieval(model, x, name, raw, explain, y, classes)
+    orders = {"random": pixel_map(scored_explainer("random_map", s, index)(model, x, y)),
+              "edge": pixel_map(edge_map(model, x, y))}  # the controls' pixel orders, masks at matched sparsity
+    found = clean_retrieval(model, x, name, raw, explain, y, classes, orders)
     out["none|retrieval_clean|value"] = found["retrieval_clean"]
     out["none|retrieval_clean|baseline"] = found["retrieval_wrong_class"]
+    for control in orders:
+        out[f"none|retrieval_{control}_matched|value"] = found[f"retrieval_{control}_matched"].cpu()
+        out[f"none|retrieval_{control}_matched|baseline"] = found[f"wrong_{control}_matched"].cpu()
     out["none|sanity_spearman|value"] = sanity(explain, randomised, x, y, clean).double().cpu()
     for key in ("passes", "seconds"):
         out[f"none|{key}|value"] = out[f"none||{key}"]
@@ -158,18 +172,26 @@ def pair_shard(name: str, model: nn.Module, x: Tensor, y: Tensor, index, setting
         elif aimed.explainer is None:  # not attackable: measured at the noise of the same budget
             x_adv, kept = shared.x_noise, shared.noise_kept.bool()
         else:
+            # per image: an image whose attacked map has no gradient is never moved (the library's own
+            # check only refuses a batch that is flat everywhere); checked on a fresh aim
+            flat_start = flat_images(p, aim(name, p, model, x, s, index, decoys), model, x, y)
             run = run_perturbation(p, aimed, model, x, y, s, index, target_maps=targets)
             x_adv, kept, attack_value, plateau = run.x_adv, run.label_kept, run.attack_value.cpu(), run.plateau.cpu()
-            flat = run.no_gradient.double().cpu()
+            flat = (run.no_gradient.cpu() | flat_start).double()
         seconds = time.perf_counter() - started
         values = noise if p == "random_sign" else score(p, x_adv)
+        if bool(flat.any()):  # no evidence either way on those images: left out
+            values = {k: torch.where(flat.bool(), torch.full_like(v, float("nan")), v) for k, v in values.items()}
         change = pixel_change(model.input_space, x, x_adv)
         baseline = noise
-        if p == "dombrowski" and aimed.explainer is not None:  # unbounded: noise of its own size per image
-            x_rand, _ = random_noise(model, x, y, s, index, budget=change["max"], stream="noise-dombrowski")
+        if p == "dombrowski" and aimed.explainer is not None:  # unbounded: noise of its own L2 norm per image
+            x_rand, _ = random_noise(model, x, y, s, index, budget=_rms(change["l2"], x), stream="noise-dombrowski")
             baseline = score(p, x_rand)
         elif p in GOALS:
             baseline = score.read(p, noise_map, shared.x_noise)
+        if p == "pgd":  # aimed at the label: its strength is read on the labels it flips
+            values = {**values, "prediction_kept": shared.pgd_kept.double().cpu()}
+            baseline = {**baseline, "prediction_kept": shared.noise_kept.double().cpu()}
         for measure, value in values.items():
             out[f"{p}|{measure}|value"] = value
             if p != "random_sign":
@@ -178,15 +200,20 @@ def pair_shard(name: str, model: nn.Module, x: Tensor, y: Tensor, index, setting
         for measure in values:  # NaN outside the strength subset (every shard has every key)
             out[f"{p}|{measure}|doubled"], out[f"{p}|{measure}|restart"] = strength.get(measure, (_full(n), _full(n)))
         if aimed.surrogate and distance is None:
-            distance = _surrogate_distance(aimed, model, x, y, clean)
+            distance = _surrogate_distance(aim(name, p, model, x, s, index, decoys), model, x, y, clean)
         out.update({f"{p}||label_kept": kept.double().cpu(), f"{p}||delta_mean": change["mean"].double().cpu(),
                     f"{p}||delta_max": change["max"].double().cpu(),
-                    f"{p}||budget": (change["max"] if p == "dombrowski" else _full(n, s.eps)).double().cpu(),
+                    f"{p}||budget": (_rms(change["l2"], x) if p == "dombrowski" else _full(n, s.eps)).double().cpu(),
                     f"{p}||attack_value": attack_value, f"{p}||plateau": plateau,
                     f"{p}||surrogate_spearman": distance if aimed.surrogate else _full(n),
                     f"{p}||attack_seconds": _full(n, seconds / n),
                     f"{p}||no_gradient": flat})
     return out
+
+
+def _rms(l2: Tensor, x: Tensor) -> Tensor:
+    """The per-entry sign-noise size whose L2 norm is ``l2`` (before clipping): ``l2 / sqrt(C H W)``."""
+    return l2 / x[0].numel() ** 0.5
 
 
 def _next_maps(name, settings, index, clean, next_image, model) -> Tensor:
@@ -209,9 +236,12 @@ def _strength(p, name, aimed, model, x, y, settings, index, subset, shared, scor
     def decoys_for(rows):
         return None if decoys is None else decoys_of(decoys, rows)
 
-    runs = {}
+    runs, found = {}, {}
     if p == "pgd":
         runs["doubled"], runs["restart"] = shared.x_pgd_doubled[pick], shared.x_pgd_restart[pick]
+        found["prediction_kept"] = [_full(n), _full(n)]
+        found["prediction_kept"][0][pick] = shared.pgd_doubled_kept[pick.to(shared.pgd_doubled_kept.device)].cpu()
+        found["prediction_kept"][1][pick] = shared.pgd_restart_kept[pick.to(shared.pgd_restart_kept.device)].cpu()
     else:
         fresh = aim(name, p, model, x[pick], settings, sub_index, decoys_for(subset))
         sub_targets = None if targets is None else targets[pick]
@@ -221,7 +251,6 @@ def _strength(p, name, aimed, model, x, y, settings, index, subset, shared, scor
             runs["restart"] = torch.cat([run_perturbation(
                 p, aim(name, p, model, x[i:i + 1], settings, [index[i]], decoys_for([i])), model, x[i:i + 1],
                 y[i:i + 1], settings, [index[i]], restart=True).x_adv for i in subset])
-    found: dict[str, list[Tensor]] = {}
     for slot, which in enumerate(("doubled", "restart")):
         if which in runs:
             for measure, value in score(p, runs[which], rows=pick).items():

@@ -43,8 +43,8 @@ COLUMNS = ["image", "explainer", "model", "perturbation", "measure", "value", "b
            "higher_is_better", "control", "aimed", "steps", "restarts", "label_kept", "delta_mean", "delta_max",
            "budget", "attack_value", "plateau", "doubled", "restart", "surrogate_spearman", "attack_seconds",
            "no_gradient", "passes", "seconds", "reason"]
-NONE_MEASURES = ("deletion_auc", "insertion_auc", "sigma_rel", "sigma_irel", "retrieval_clean", "sanity_spearman",
-                 "passes", "seconds")
+NONE_MEASURES = ("deletion_auc", "insertion_auc", "sigma_rel", "sigma_irel", "retrieval_clean",
+                 "retrieval_random_matched", "retrieval_edge_matched", "sanity_spearman", "passes", "seconds")
 PERTURBATION_FIELDS = ("label_kept", "delta_mean", "delta_max", "budget", "attack_value", "plateau",
                        "surrogate_spearman", "attack_seconds", "no_gradient")
 
@@ -53,7 +53,7 @@ def measures_of(perturbation: str) -> tuple[str, ...]:
     """The measures the arena reports under ``perturbation`` (``"none"``: without one)."""
     if perturbation == "none":
         return NONE_MEASURES
-    own = (GOALS[perturbation],) if perturbation in GOALS else ()
+    own = (GOALS[perturbation],) if perturbation in GOALS else ("prediction_kept",) if perturbation == "pgd" else ()
     return ("topk_intersection", "spearman", "ssim", "retrieval") + own
 
 
@@ -180,12 +180,13 @@ def _baseline_kind(perturbation: str, measure: str) -> str:
     if perturbation == "none":
         return {"sigma_rel": "shuffled map (paper C null: RelShuf)",
                 "sigma_irel": "shuffled map (paper C null: IrelShuf)",
-                "retrieval_clean": "wrong class (paper A control: the mask asked for class + 1 retrieves it)"}.get(
-            measure, "")
+                "retrieval_clean": "wrong class (paper A control: the mask asked for class + 1 retrieves it)",
+                "retrieval_random_matched": "wrong class, the mask in a random map's pixel order",
+                "retrieval_edge_matched": "wrong class, the mask in the edge map's pixel order"}.get(measure, "")
     if perturbation == "random_sign":
         return ""
     if perturbation == "dombrowski":
-        return "random sign noise of the attack's largest change per image"
+        return "random sign noise of the attack's own L2 norm per image"
     return "random sign noise of the same budget"
 
 

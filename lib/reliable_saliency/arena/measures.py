@@ -27,7 +27,7 @@ from .routes import retrieval_mask
 from .settings import ArenaSettings, image_seed
 
 __all__ = ["pixel_map", "topk", "target_region", "stability", "goal_value", "faithfulness",
-           "reliability", "clean_retrieval", "randomised_copy", "sanity", "GOALS"]
+           "reliability", "clean_retrieval", "matched_mask", "randomised_copy", "sanity", "GOALS"]
 
 # perturbation -> the measure of its own goal (read on the real maps, and on the attack's map)
 GOALS = {"mass_center": "center_shift", "targeted": "region_mass", "dombrowski": "target_pearson", "frame": "frame_mse"}
@@ -103,16 +103,37 @@ def reliability(model: nn.Module, x: Tensor, raw: Tensor, label: Tensor, setting
             "sigma_irel": per_entry[:, 3], "sigma_irel_null": per_entry[:, 2]}
 
 
+def matched_mask(mask: Tensor, order: Tensor) -> Tensor:
+    """``mask``'s own values (per image and channel) moved to the pixels in the order of ``order``
+    (N, H, W): the largest value where ``order`` is largest, and so on. The result has exactly the
+    mask's sparsity (the same values), only the places come from the other map."""
+    flat = mask.flatten(-2)
+    values = flat.sort(-1).values
+    ranks = order.flatten(1).argsort(-1).argsort(-1)
+    if mask.dim() == 4:
+        ranks = ranks.unsqueeze(1).expand_as(flat)
+    return values.gather(-1, ranks).reshape(mask.shape)
+
+
 def clean_retrieval(model: nn.Module, x: Tensor, name: str, raw: Tensor, explain, label: Tensor,
-                    classes: int) -> dict:
+                    classes: int, orders: dict | None = None) -> dict:
     """Paper A's retrieval on the clean image (``argmax f(x * mask) == label``) and its control: the
     same explainer asked for a wrong class ``(label + 1) mod classes``, and whether its mask makes
-    the model predict that class."""
-    hit, _ = retrieval(model, x, retrieval_mask(name, raw.detach()), label)
+    the model predict that class. ``orders``: name -> pixel map (N, H, W) of a control (a random
+    map, the edge map); for each, ``retrieval_<name>_matched`` and ``wrong_<name>_matched``: the same
+    two retrievals with the explainer's masks (of the clean and of the wrong class) rearranged in
+    the control's pixel order (:func:`matched_mask`), so a mask wins only by where it keeps the
+    image, not by how much of it."""
+    mask = retrieval_mask(name, raw.detach())
+    hit, _ = retrieval(model, x, mask, label)
     wrong = (label + 1) % classes
-    raw_wrong = explain(model, x, wrong)
-    wrong_hit, _ = retrieval(model, x, retrieval_mask(name, raw_wrong.detach()), wrong)
-    return {"retrieval_clean": hit.double(), "retrieval_wrong_class": wrong_hit.double()}
+    mask_wrong = retrieval_mask(name, explain(model, x, wrong).detach())
+    wrong_hit, _ = retrieval(model, x, mask_wrong, wrong)
+    out = {"retrieval_clean": hit.double(), "retrieval_wrong_class": wrong_hit.double()}
+    for control, order in (orders or {}).items():
+        out[f"retrieval_{control}_matched"] = retrieval(model, x, matched_mask(mask, order), label)[0].double()
+        out[f"wrong_{control}_matched"] = retrieval(model, x, matched_mask(mask_wrong, order), wrong)[0].double()
+    return out
 
 
 def randomised_copy(model: nn.Module, settings: ArenaSettings) -> nn.Module:

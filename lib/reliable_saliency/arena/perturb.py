@@ -14,11 +14,12 @@ import torch
 from torch import Tensor, nn
 
 from ..attacks import dombrowski_attack, frame_attack, ghorbani_attack, masked_retrieval_attack, pgd, random_sign_noise
+from ..models.smoothing import to_softplus
 from .measures import goal_value, target_region, topk
 from .routes import Aim
 from .settings import ArenaSettings, image_seed
 
-__all__ = ["AttackRun", "run_perturbation", "random_noise", "steps_of", "RESTARTABLE"]
+__all__ = ["AttackRun", "run_perturbation", "random_noise", "steps_of", "flat_images", "nan_vector", "RESTARTABLE"]
 
 RESTARTABLE = ("pgd", "topk", "mass_center", "targeted", "masked_retrieval")  # attacks with a random start
 _NAN = float("nan")
@@ -50,8 +51,9 @@ def steps_of(perturbation: str, settings: ArenaSettings) -> int:
             "masked_retrieval": settings.retrieval_steps}[perturbation]
 
 
-def _nan(n: int, like: Tensor) -> Tensor:
-    return torch.full((n,), _NAN, dtype=torch.float64, device=like.device)
+def nan_vector(n: int, like: Tensor | None = None, value: float = _NAN) -> Tensor:
+    """(n,) float64 filled with ``value`` (NaN by default), on ``like``'s device (else the CPU)."""
+    return torch.full((n,), value, dtype=torch.float64, device=None if like is None else like.device)
 
 
 def _second_half_share(trace: Tensor, maximise: bool) -> Tensor:
@@ -93,6 +95,26 @@ def random_noise(model: nn.Module, x: Tensor, label: Tensor, settings: ArenaSett
     return torch.cat(noisy), torch.cat(kept)
 
 
+def flat_images(perturbation: str, aimed: Aim, model: nn.Module, x: Tensor, label: Tensor) -> Tensor:
+    """Per image (N,) bool: the map the attack differentiates has exactly zero gradient at the start
+    (the gradient of ``<map(x), w>``, ``w`` a fixed random weight, through the model the attack
+    differentiates), so no objective of that map can move the image. The library's own check
+    (``raise_if_flat``) looks at the whole batch; this one is per image. ``aimed`` must be a fresh
+    :class:`.routes.Aim` (DANCE's BPDA map counts its calls). False for the perturbations aimed at
+    nothing and for the attack on retrieval (its objective reads the image directly as well)."""
+    n = x.shape[0]
+    if aimed.explainer is None or perturbation in ("random_sign", "pgd", "masked_retrieval"):
+        return torch.zeros(n, dtype=torch.bool)
+    attack_model = to_softplus(model, aimed.beta) if aimed.beta else model
+    xg = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        raw = aimed.explainer(attack_model, xg, label, create_graph=True)
+        weight = torch.randn(raw.shape, generator=torch.Generator().manual_seed(0), dtype=raw.dtype).to(raw.device)
+        grad, = torch.autograd.grad((raw * weight).sum(), xg, allow_unused=True)
+    if grad is None:
+        return torch.ones(n, dtype=torch.bool)
+    return grad.detach().flatten(1).eq(0).all(1).cpu()
+
 
 def run_perturbation(perturbation: str, aimed: Aim, model: nn.Module, x: Tensor, label: Tensor,
                      settings: ArenaSettings, index, *, steps: int | None = None, restart: bool = False,
@@ -109,7 +131,7 @@ def run_perturbation(perturbation: str, aimed: Aim, model: nn.Module, x: Tensor,
     n = x.shape[0]
     with torch.no_grad():
         kept = model(x).argmax(1) == label
-    return AttackRun(x.detach(), kept, _nan(n, x), _nan(n, x), torch.ones(n, dtype=torch.bool, device=x.device))
+    return AttackRun(x.detach(), kept, nan_vector(n, x), nan_vector(n, x), torch.ones(n, dtype=torch.bool, device=x.device))
 
 
 def _run(perturbation: str, aimed: Aim, model: nn.Module, x: Tensor, label: Tensor,
@@ -124,14 +146,14 @@ def _run(perturbation: str, aimed: Aim, model: nn.Module, x: Tensor, label: Tens
     steps = steps_of(perturbation, s) if steps is None else steps
     if perturbation == "random_sign":
         noisy, kept = random_noise(model, x, label, s, index)
-        return AttackRun(noisy, kept, _nan(n, x), _nan(n, x))
+        return AttackRun(noisy, kept, nan_vector(n, x), nan_vector(n, x))
     if perturbation == "pgd":
         stream = "pgd-restart" if restart else "pgd"
         x_adv = torch.cat(_per_image(lambda xi, yi, g: pgd(model, xi, yi, s.eps, steps=steps, generator=g),
                                      x, label, index, stream, s))
         with torch.no_grad():
             kept = model(x_adv).argmax(1) == label
-        return AttackRun(x_adv, kept, _nan(n, x), _nan(n, x))
+        return AttackRun(x_adv, kept, nan_vector(n, x), nan_vector(n, x))
     if aimed.explainer is None:
         raise ValueError(f"{perturbation} cannot be aimed here: {aimed.route}")
     h, w = x.shape[-2:]
@@ -145,7 +167,7 @@ def _run(perturbation: str, aimed: Aim, model: nn.Module, x: Tensor, label: Tens
                                  "ghorbani-restart", s)
             x_adv = torch.cat([r.x_adv for r in results])
             return AttackRun(x_adv, torch.cat([r.label_kept for r in results]),
-                             torch.cat([r.value.double() for r in results]), _nan(n, x))
+                             torch.cat([r.value.double() for r in results]), nan_vector(n, x))
         r = ghorbani_attack(model, x, aimed.explainer, **options)
         return AttackRun(r.x_adv, r.label_kept, r.value.double(),
                          _second_half_share(r.trace, r.measure != "topk_intersection"))
@@ -154,8 +176,10 @@ def _run(perturbation: str, aimed: Aim, model: nn.Module, x: Tensor, label: Tens
             scale = (h * w / 224**2) ** 2  # the paper's balance of the two terms at h x w (attack docstring)
             betas = dict(beta_start=aimed.beta, beta_end=10 * aimed.beta) if aimed.beta else \
                 dict(beta_start=None, beta_end=None)
+            # twice the steps at half the step size (the strength check): the same distance to travel,
+            # so a change measures convergence, not a larger budget
             r = dombrowski_attack(model, x, target_maps + 1e-12, aimed.explainer, steps=steps,
-                                  lr=s.dombrowski_lr(), map_weight=1e11 * scale, **betas)
+                                  lr=s.dombrowski_lr(steps), map_weight=1e11 * scale, **betas)
             value = goal_value("dombrowski", r.clean_map, r.adv_map, target_maps)
         else:
             r = frame_attack(model, x, aimed.explainer, eps=s.eps, steps=steps, lr=4 * s.eps / s.frame_steps,
@@ -171,7 +195,7 @@ def _run(perturbation: str, aimed: Aim, model: nn.Module, x: Tensor, label: Tens
                 "retrieval-restart", s)
             x_adv = torch.cat([r.x_adv for r in results])
             seen = torch.cat([r.masked_trace[-1] for r in results]).neg().exp()
-            return AttackRun(x_adv, ~torch.cat([r.fooled for r in results]), seen.double(), _nan(n, x))
+            return AttackRun(x_adv, ~torch.cat([r.fooled for r in results]), seen.double(), nan_vector(n, x))
         r = masked_retrieval_attack(model, x, aimed.explainer, **options)
         return AttackRun(r.x_adv, ~r.fooled, r.masked_trace[-1].neg().exp().double(),
                          _second_half_share(r.loss_trace, maximise=True))

@@ -45,6 +45,9 @@ HIGHER_IS_BETTER = {
     "deletion_auc": False, "insertion_auc": True,  # faithfulness, clean images
     "sigma_rel": False, "sigma_irel": True,  # paper C, against their shuffled nulls
     "retrieval_clean": True,  # paper A on clean images, the wrong-class control beside it
+    # the same with the method's masks in a random map's / the edge map's pixel order (matched sparsity)
+    "retrieval_random_matched": True, "retrieval_edge_matched": True,
+    "prediction_kept": True,  # PGD (aimed at the label): the label kept
     "sanity_spearman": False,  # model randomisation: near 1 = the map ignores the parameters
     "pointing_game": True, "box_iou": True,  # localisation on the synthetic shapes
     "passes": False, "seconds": False,  # cost of one clean map, per image
@@ -140,7 +143,7 @@ PROFILES: dict[str, ArenaSettings] = {
         shapes_images=200,
     ),
     "paper": ArenaSettings(
-        profile="paper", images=1000, shard_size=50, strength_images=100, model_profile="paper",
+        profile="paper", images=1000, shard_size=50, strength_images=100, model_profile="paper", ig_steps=100,
         relex_attack_iterations=10, relex_attack_samples=8, shapes_train=20000, shapes_epochs=8, shapes_images=1000,
     ),
 }
