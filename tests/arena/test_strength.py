@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from reliable_saliency.arena import strength_table
-from reliable_saliency.arena.strength import RULES, full_strength, guard, weak_cells, weak_sentences, weak_text
+from reliable_saliency.arena.strength import (RULES, full_strength, guard, strength_table, weak_cells, weak_sentences,
+                                              weak_text)
 
 NAN = math.nan
 
@@ -97,9 +97,19 @@ def test_the_words_count_cells_and_kinds():
     assert text.startswith("rise: 3 cells (topk on natural, fgsm; frame on natural): ")
     assert "Spearman 0.30 to 0.50 with the scored map (below 0.8) in 3 of them" in text
     assert "still added to its effect in 1 of them" in text
-    lines = weak_sentences(checked, {"rise": "RISE"})
-    assert len(lines) == 1 and lines[0].startswith("- **RISE** is not shown at full strength in 3 cells")
-    assert lines[0].endswith("not evidence that its maps resist them.")
+    lines = weak_sentences(checked, {"rise": "RISE", "topk": "top-k"})
+    assert len(lines) == 2  # one line per attack, however many cells
+    assert lines[0].startswith("- **top-k**: 2 cells not at full strength (natural 1, fgsm 1); ")
+    assert "Worst: RISE on natural (" in lines[0]  # the lower stand-in Spearman first among equal extra effort
+    assert lines[1].startswith("- **frame**: 1 cell not at full strength (natural 1)")
+
+
+def test_the_weak_lines_grow_with_the_attacks_not_with_the_cells():
+    rows = [row(explainer=f"e{i}", model=f"m{j}", perturbation=p, doubled_change=0.06 + 0.01 * i)
+            for i in range(12) for j in range(6) for p in ("topk", "frame")]
+    lines = weak_sentences(check(*rows))
+    assert len(lines) == 2 and all(line.count(" on m") == 3 for line in lines)  # the three worst cells
+    assert lines[0].startswith("- **topk**: 72 cells") and "Worst: e11 on" in lines[0]
 
 
 def test_on_the_toy_arena_every_row_gets_a_status(toy_run):

@@ -18,15 +18,30 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .perturb import RESTARTABLE, steps_of
-from .routes import SECOND_ORDER
-from .settings import ATTACKS, EXPLAINERS, ArenaSettings, arena_settings
+from functools import cache
 
-__all__ = ["UNIT_COSTS", "RELU_MODELS", "clean_map_passes", "estimate", "estimate_text"]
+from .perturb import RESTARTABLE, steps_of
+from .routes import SECOND_ORDER, is_relu
+from .settings import ATTACKS, EXPLAINERS, MODELS, ArenaSettings, arena_settings
+
+__all__ = ["UNIT_COSTS", "relu_model", "clean_map_passes", "estimate", "estimate_text"]
 
 UNIT_COSTS = {"fb": 0.65e-3, "f": 0.33e-3, "dd": 2.0e-3}  # seconds per model input, LeNet, 2 CPU threads
-RELU_MODELS = ("natural", "fgsm")  # the model axis's ReLU networks (the rest are Softplus(3))
 _SIDE = 32
+# the pass kinds and the parts of the estimate in words (the estimate is printed on a chapter's page)
+KIND_WORDS = {"fb": "forward pass and input gradient", "f": "forward pass", "dd": "double backpropagation"}
+SHARED = "every explainer (noise, PGD, training)"
+
+
+@cache
+def relu_model(name: str) -> bool:
+    """Whether the model axis's ``name`` is a ReLU network (:func:`.routes.is_relu` of its zoo
+    recipe's architecture, built without weights)."""
+    from .. import models
+    from ..training.zoo import RECIPES
+
+    recipe = RECIPES[MODELS[name]]
+    return is_relu(models.build(recipe.architecture, softplus_beta=recipe.softplus_beta))
 
 
 def _positions(settings: ArenaSettings, side: int = _SIDE) -> int:
@@ -104,7 +119,7 @@ def _pair(name: str, settings: ArenaSettings, relu: bool, attacks) -> dict[str, 
     rows = 2 + 2 * s.sigma_permutations
     _add(maps, {"f": 2 * ((s.auc_steps or _SIDE) + 1) + rows * (s.sigma_scan + s.sigma_iterations) + 1,
                 "fb": 1}, 1)  # AUCs, sigma* (upper bound), the reliability measure's gradient
-    _add(maps, {"f": 2 + 1 + len(attacks)}, 1)  # retrievals
+    _add(maps, {"f": 2 + 4 + 1 + len(attacks)}, 1)  # retrievals (with the two controls' matched masks)
     if name in ("rise", "mask_search", "relex", "dance", "lrp_epsilon") or (relu and name in SECOND_ORDER):
         _add(maps, _attack_map(name, s, relu)[1], 1)  # the surrogate distance
     parts["maps and measures"] = maps
@@ -116,6 +131,8 @@ def _pair(name: str, settings: ArenaSettings, relu: bool, attacks) -> dict[str, 
             parts[p] = total
             continue
         steps = steps_of(p, s)
+        if p != "masked_retrieval":  # the per-image check of the attack gradient at the start
+            _add(total, _attack_map(name, s, relu)[0], 1)
         _add(total, _attack_run(p, name, s, relu, steps), 1)
         _add(total, _attack_run(p, name, s, relu, 2 * steps), share)
         if p in RESTARTABLE:
@@ -142,9 +159,9 @@ def estimate(settings: ArenaSettings | str = "book", *, explainers=EXPLAINERS, m
                      "seconds": sum(c[k] * costs[k] for k in c)})
 
     for model in models:
-        relu = model in RELU_MODELS
+        relu = relu_model(model)
         pgd_runs = 1 + 3 * s.strength_images / s.images  # the run, twice the steps, a restart
-        row("(shared)", model, "pgd and noise", {"fb": s.pgd_steps * pgd_runs, "f": 2 + pgd_runs}, n)
+        row(SHARED, model, "random noise and PGD", {"fb": s.pgd_steps * pgd_runs, "f": 2 + pgd_runs}, n)
         for name in explainers:
             if name == "lrp_epsilon" and not relu:
                 continue  # LRP-epsilon refuses Softplus models
@@ -152,17 +169,20 @@ def estimate(settings: ArenaSettings | str = "book", *, explainers=EXPLAINERS, m
                 row(name, model, part, counts, n)
     for name in explainers:
         row(name, "shapes_cnn", "localisation", clean_map_passes(name, s), s.shapes_images)
-    row("(shared)", "shapes_cnn", "training", {"fb": 2.0}, s.shapes_train * s.shapes_epochs)
+    row(SHARED, "shapes_cnn", "training", {"fb": 2.0}, s.shapes_train * s.shapes_epochs)
     return pd.DataFrame(rows)
 
 
-def estimate_text(table: pd.DataFrame, settings: ArenaSettings) -> str:
-    """The estimate in words, per axis (explainer, model, part) and in all."""
+def estimate_text(table: pd.DataFrame, settings: ArenaSettings, names: dict | None = None) -> str:
+    """The estimate in words, per axis (explainer, model, part) and in all; ``names``: the words for
+    the arena's names (explainers, models, perturbations)."""
+    names = names or {}
     total = table["seconds"].sum()
-    lines = [f"Arena at profile {settings.profile!r}: {settings.images} images, estimated {total / 3600:.2f} h of the "
-             f"2-core CPU ({total:.0f} s; fb {UNIT_COSTS['fb'] * 1e3:.2f} ms, f {UNIT_COSTS['f'] * 1e3:.2f} ms, dd "
-             f"{UNIT_COSTS['dd'] * 1e3:.2f} ms per input)."]
-    for axis in ("explainer", "model", "part"):
+    costs = ", ".join(f"{UNIT_COSTS[k] * 1e3:.2f} ms per {KIND_WORDS[k]}" for k in ("fb", "f", "dd"))
+    lines = [f"Arena at profile {settings.profile!r}: {settings.images} images, estimated {total / 3600:.2f} h on the "
+             f"book's 2-core CPU ({total:.0f} s), at the costs per model input measured there for paper E's LeNet "
+             f"({costs}); a GPU, which the paper profile is meant for, is not modelled."]
+    for axis, word in (("explainer", "explainer"), ("model", "model"), ("part", "part")):
         by = table.groupby(axis)["seconds"].sum().sort_values(ascending=False)
-        lines.append(f"per {axis}: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in by.items()))
+        lines.append(f"per {word}: " + ", ".join(f"{names.get(k, k)} {v / 60:.1f} min" for k, v in by.items()))
     return "\n".join(lines)

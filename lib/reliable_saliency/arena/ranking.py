@@ -1,5 +1,5 @@
-"""Ranks of the explainers per measure with bootstrap intervals over images, every case where a
-control ranks at or above a method, and the strength of every attack (:func:`strength_table`).
+"""Ranks of the explainers per measure with bootstrap intervals over images, and every case where a
+control ranks at or above a method.
 
 Within one group (model x perturbation x measure by default) the explainers are ranked by their
 mean over the images (rank 1 is the best: the highest mean where a higher value is better). The
@@ -20,12 +20,8 @@ import warnings
 import numpy as np
 import pandas as pd
 
-__all__ = ["rank_table", "controls_at_or_above", "strength_table", "RANK_COLUMNS", "PRIMARY"]
+__all__ = ["rank_table", "controls_at_or_above", "RANK_COLUMNS"]
 
-# the measure each attack aims at (PGD aims at the prediction: read its top-k intersection)
-PRIMARY = {"random_sign": "topk_intersection", "pgd": "topk_intersection", "topk": "topk_intersection",
-           "mass_center": "center_shift", "targeted": "region_mass", "dombrowski": "target_pearson",
-           "frame": "frame_mse", "masked_retrieval": "retrieval"}
 RANK_COLUMNS = ["explainer", "control", "n", "mean", "mean_low", "mean_high", "rank", "rank_low", "rank_high",
                 "tied_with"]
 
@@ -113,34 +109,3 @@ def controls_at_or_above(ranks: pd.DataFrame, by=("model", "perturbation", "meas
                              "method_rank": f"{m['rank']} ({m['rank_low']}-{m['rank_high']})"})
     columns = [*by, "control", "method", "relation", "control_mean", "method_mean", "control_rank", "method_rank"]
     return pd.DataFrame(rows, columns=columns)
-
-
-def strength_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Per explainer x model x perturbation, how strong its attack was, read on the measure it aims
-    at (:data:`PRIMARY`): the steps and starts, the mean value and that under random noise of the
-    same budget, what twice the steps and a random restart changed on the strength subset (in the
-    direction of a stronger attack: positive means the main run had not levelled off), the share of
-    its effect that the second half of the steps added, the surrogate distance, the labels kept,
-    the mean and largest change per pixel, seconds per image and how it was aimed."""
-    rows = []
-    main = table[table.perturbation.isin(list(PRIMARY))]
-    for (explainer, model, perturbation), group in main.groupby(["explainer", "model", "perturbation"],
-                                                                 observed=True, sort=True):
-        part = group[group.measure == PRIMARY[str(perturbation)]]
-        if part.empty:
-            continue
-        sign = 1.0 if bool(part["higher_is_better"].iloc[0]) else -1.0  # stronger attack: lower if higher is better
-        subset = part[part["doubled"].notna()]
-        rows.append({
-            "explainer": explainer, "model": model, "perturbation": perturbation, "measure": PRIMARY[str(perturbation)],
-            "steps": int(part["steps"].iloc[0]), "restarts": int(part["restarts"].iloc[0]), "images": len(part),
-            "value": part["value"].mean(), "random": part["baseline"].mean(),
-            "doubled_change": (sign * (subset["value"] - subset["doubled"])).mean() if len(subset) else np.nan,
-            "restart_change": (sign * (subset["value"] - subset["restart"])).mean() if len(subset) else np.nan,
-            "strength_images": len(subset), "plateau": part["plateau"].mean(),
-            "surrogate_spearman": part["surrogate_spearman"].mean(), "label_kept": part["label_kept"].mean(),
-            "delta_mean": part["delta_mean"].mean(), "delta_max": part["delta_max"].max(),
-            "no_gradient": part["no_gradient"].mean(), "attack_seconds": part["attack_seconds"].mean(),
-            "aimed": str(part["aimed"].iloc[0]), "reason": str(part["reason"].iloc[0]),
-        })
-    return pd.DataFrame(rows)

@@ -23,7 +23,7 @@ import pandas as pd
 from .strength import cells_text
 
 __all__ = ["NAMES", "oriented", "fooled", "sigma_scores", "retrieval_rows", "pooled", "rank_cells", "leaders",
-           "control_sentences"]
+           "control_sentences", "by_construction"]
 
 # the words a reader knows, for the explainers, models, perturbations and measures of the arena
 NAMES = {
@@ -40,7 +40,9 @@ NAMES = {
     "frame_mse": "distance to the frame", "deletion_auc": "deletion AUC", "insertion_auc": "insertion AUC",
     "sigma_rel": "sigma*_Rel", "sigma_irel": "sigma*_Irel", "rel_order": "Rel < RelShuf",
     "irel_order": "Irel > IrelShuf", "retrieval_clean": "retrieval on clean images",
-    "retrieval_wrong_class": "retrieval of a wrong class asked for", "retrieval_pgd_fooled":
+    "retrieval_wrong_class": "retrieval of a wrong class asked for", "prediction_kept": "label kept",
+    "retrieval_random_matched": "retrieval, the mask in a random map's pixel order",
+    "retrieval_edge_matched": "retrieval, the mask in the edge map's pixel order", "retrieval_pgd_fooled":
         "retrieval after PGD (misled images)", "sanity_spearman": "Spearman with the randomised model's map",
     "pointing_game": "pointing game", "box_iou": "box IoU", "passes": "passes per image",
     "seconds": "seconds per image",
@@ -134,13 +136,14 @@ def retrieval_rows(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def pooled(table: pd.DataFrame, perturbations, measures, *, over_models: bool = False, beyond: bool = True,
-           complete: bool = False, label: str = "attacks pooled") -> pd.DataFrame:
+           complete: bool = False, signed: bool = False, label: str = "attacks pooled") -> pd.DataFrame:
     """Per explainer, (model,) measure and image, the mean over ``perturbations`` (and over the
     models with ``over_models``) of ``value - baseline`` (with ``beyond``, else of ``value``): one
     number per image, so a rank table's bootstrap still resamples images. The perturbation is named
     ``label``, the baseline 0; an explainer's NaN cells (a model it refuses) are left out of its mean.
     ``complete``: only the explainers with a value on every model of the table, so that every mean
-    pools the same models (an explainer that refuses some models is left out, not compared on fewer)."""
+    pools the same models (an explainer that refuses some models is left out, not compared on fewer).
+    ``signed``: negated where lower is better, so every value reads higher = better for the explainer."""
     part = table[table["perturbation"].astype(str).isin(list(perturbations))
                  & table["measure"].astype(str).isin(list(measures))].copy()
     if part.empty:
@@ -148,6 +151,9 @@ def pooled(table: pd.DataFrame, perturbations, measures, *, over_models: bool = 
     for column in ("explainer", "model", "measure"):
         part[column] = part[column].astype(str)
     part["beyond"] = part["value"] - part["baseline"] if beyond else part["value"]
+    if signed:
+        part["beyond"] = part["beyond"].where(part["higher_is_better"].astype(bool), -part["beyond"])
+        part["higher_is_better"] = True
     if complete:
         covered = part.dropna(subset=["beyond"]).groupby("explainer")["model"].nunique()
         everywhere = covered[covered == part["model"].nunique()].index
@@ -232,3 +238,20 @@ def control_sentences(cases: pd.DataFrame, names: dict | None = None, ranks: pd.
         what = names.get(measure, measure) + (" beyond random noise" if beyond else "")
         lines.append(f"- The **{names.get(control, control)}** ranks at or above " + ", ".join(said) + f" on {what}.")
     return lines
+
+
+# measures on which a map that never moves scores exactly its baseline (the random map does not depend
+# on the image, so no perturbation moves it), and the measure on which a map that ignores the model
+# scores 1 (the random and the edge map)
+_STILL = ("topk_intersection", "spearman", "ssim", "center_shift", "region_mass", "target_pearson", "frame_mse")
+
+
+def by_construction(cases: pd.DataFrame) -> np.ndarray:
+    """Per case of :func:`.ranking.controls_at_or_above`, whether the control's place follows from
+    how it is built rather than from the method: the random map on a stability or map goal beyond
+    random noise (0 by construction: nothing moves it) and the random and edge maps in the
+    model-randomisation check (1 by construction: they ignore the model)."""
+    control, measure = cases["control"].astype(str), cases["measure"].astype(str)
+    still = (control == "random_map") & measure.isin(_STILL) & (cases["column"].astype(str) == "beyond")
+    sanity = control.isin(["random_map", "edge_map"]) & (measure == "sanity_spearman")
+    return (still | sanity).to_numpy()

@@ -1,12 +1,14 @@
 """Which attacks of an arena run are shown at full strength, and what that does to a verdict.
 
 An attack that does not reach its goal is no evidence that a map resists it (DESIGN.md, "honest
-attacks"). :func:`full_strength` reads every row of :func:`.ranking.strength_table` (one attack
-aimed at one explainer on one model, read on the measure it aims at) against rules fixed before
-any run (:data:`RULES`):
+attacks"). :func:`full_strength` reads every row of :func:`strength_table` (one attack
+aimed at one explainer on one model, read on the measure it aims at, :data:`PRIMARY`; PGD, aimed at
+the label and at no map, on the labels it flips) against rules fixed before any run (:data:`RULES`):
 
-- ``more_effort``: on the strength subset, twice the steps and a random restart each strengthen
-  the attack by at most 10% of its effect beyond random noise (``effect``: the attacked measure
+- ``more_effort``: on the strength subset, twice the steps (Dombrowski's unbounded attack: at half
+  the step size, so the same distance) and a random restart each strengthen the attack by at most
+  10% of its effect beyond random noise (the extra effort per image is its gain where it gained,
+  0 where it lost: a run that is worse on some images does not cancel one that is better on others) (``effect``: the attacked measure
   against the same measure under random sign noise of the same budget, positive when the attack
   did damage), or by at most 1% of the measure's range when that effect is smaller (``floor``;
   the range is 1 for the similarities, the retrieval rate and the region mass, the map's side,
@@ -15,7 +17,8 @@ any run (:data:`RULES`):
 - ``surrogate``: where the attack differentiates a stand-in for the scored map (a shorter run of
   the same method, another formula, a Softplus copy of a ReLU model), the stand-in's map ranks the
   pixels as the scored map does, Spearman at least 0.8;
-- no image without an attack gradient (the library leaves such an image where it is).
+- no image without an attack gradient (checked per image; the image is left where it is and its
+  attacked values are left out).
 
 A row with no strength runs (no image in the strength subset) is not shown at full strength. Rows
 of the random sign noise (the baseline itself), of an explainer that refuses the model, and of the
@@ -36,9 +39,13 @@ import pandas as pd
 
 from .settings import HIGHER_IS_BETTER
 
-__all__ = ["RULES", "SCALES", "KINDS", "full_strength", "weak_cells", "weak_text", "cells_text", "weak_sentences",
+__all__ = ["RULES", "SCALES", "KINDS", "PRIMARY", "strength_table", "full_strength", "weak_cells", "weak_text", "cells_text", "weak_sentences",
            "guard"]
 
+# the measure each attack aims at; PGD aims at the label: read on the labels it leaves
+PRIMARY = {"random_sign": "topk_intersection", "pgd": "prediction_kept", "topk": "topk_intersection",
+           "mass_center": "center_shift", "targeted": "region_mass", "dombrowski": "target_pearson",
+           "frame": "frame_mse", "masked_retrieval": "retrieval"}
 RULES = {"more_effort": 0.10, "floor": 0.01, "plateau": 0.10, "surrogate": 0.8}
 SCALES = {"center_shift": 32.0}  # the measure's range where it is not 1 (pixels of a 32 x 32 map)
 # the kinds of weakness, in the order they are reported, with their words
@@ -50,6 +57,41 @@ KINDS = {
     "restart": "a random restart strengthened it further",
     "plateau": "the second half of its steps still added to its effect",
 }
+
+
+def strength_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Per explainer x model x perturbation, how strong its attack was, read on the measure it aims
+    at (:data:`PRIMARY`): the steps and starts, the mean value and that under random noise of the
+    same budget, what twice the steps and a random restart gained on the strength subset (the mean
+    over images of the gain in the direction of a stronger attack, 0 where the run did worse:
+    positive means the main run had not levelled off), the share of its effect that the second half
+    of the steps added, the surrogate distance, the labels kept, the mean and largest change per
+    pixel, the share of images without an attack gradient, seconds per image and how it was aimed."""
+    rows = []
+    main = table[table.perturbation.isin(list(PRIMARY))]
+    for (explainer, model, perturbation), group in main.groupby(["explainer", "model", "perturbation"],
+                                                                 observed=True, sort=True):
+        part = group[group.measure == PRIMARY[str(perturbation)]]
+        if part.empty:
+            continue
+        sign = 1.0 if bool(part["higher_is_better"].iloc[0]) else -1.0  # stronger attack: lower if higher is better
+        subset = part[part["doubled"].notna()]
+
+        def gain(column, subset=subset, sign=sign):
+            return (sign * (subset["value"] - subset[column])).clip(lower=0).mean() if len(subset) else np.nan
+
+        rows.append({
+            "explainer": explainer, "model": model, "perturbation": perturbation, "measure": PRIMARY[str(perturbation)],
+            "steps": int(part["steps"].iloc[0]), "restarts": int(part["restarts"].iloc[0]), "images": len(part),
+            "value": part["value"].mean(), "random": part["baseline"].mean(),
+            "doubled_change": gain("doubled"), "restart_change": gain("restart"),
+            "strength_images": len(subset), "plateau": part["plateau"].mean(),
+            "surrogate_spearman": part["surrogate_spearman"].mean(), "label_kept": part["label_kept"].mean(),
+            "delta_mean": part["delta_mean"].mean(), "delta_max": part["delta_max"].max(),
+            "no_gradient": part["no_gradient"].mean(), "attack_seconds": part["attack_seconds"].mean(),
+            "aimed": str(part["aimed"].iloc[0]), "reason": str(part["reason"].iloc[0]),
+        })
+    return pd.DataFrame(rows)
 
 
 def _status(row, rules: dict, scales: dict) -> tuple[str, float, float, list[str], list[str]]:
@@ -89,7 +131,7 @@ def _status(row, rules: dict, scales: dict) -> tuple[str, float, float, list[str
 
 
 def full_strength(strength: pd.DataFrame, rules: dict | None = None, scales: dict | None = None) -> pd.DataFrame:
-    """``strength`` (:func:`.ranking.strength_table`) with ``effect``, ``tolerance``, ``status``
+    """``strength`` (:func:`strength_table`) with ``effect``, ``tolerance``, ``status``
     (``"full"``, ``"weak"``, ``"baseline"``, ``"refused"``, ``"not attacked"``), ``kinds`` (the
     keys of :data:`KINDS`, comma-separated) and ``why`` (the reasons in words) per row."""
     rules = {**RULES, **(rules or {})}
@@ -142,14 +184,30 @@ def weak_text(weak: pd.DataFrame, names: dict | None = None) -> str:
                       for e, rows in weak.groupby(weak["explainer"].astype(str), sort=True))
 
 
-def weak_sentences(checked: pd.DataFrame, names: dict | None = None) -> list[str]:
-    """One Markdown line per explainer with cells not at full strength: where, why, and that its
-    numbers under those attacks are no evidence that its maps resist them."""
+def weak_sentences(checked: pd.DataFrame, names: dict | None = None, worst: int = 3) -> list[str]:
+    """One Markdown line per attack with cells not at full strength: how many cells on which
+    models, the kinds of weakness, and the ``worst`` cells (the largest extra effort over its
+    tolerance, then the lowest stand-in Spearman); at most one line per attack, whatever the size
+    of the run."""
     names = names or {}
-    weak = checked[checked["status"] == "weak"]
-    return [f"- **{names.get(e, e)}** is not shown at full strength in {_explainer_text(rows, names)}. Its stability "
-            "under these attacks is not evidence that its maps resist them."
-            for e, rows in weak.groupby(weak["explainer"].astype(str), sort=True)]
+    weak = checked[checked["status"] == "weak"].copy()
+    lines = []
+    if weak.empty:
+        return lines
+    excess = np.fmax(weak["doubled_change"], weak["restart_change"]) / weak["tolerance"]
+    weak["_score"] = np.where(weak["kinds"].str.contains("no_gradient|no_strength"), np.inf, excess.fillna(0))
+    weak["_rho"] = weak["surrogate_spearman"].fillna(1.0)
+    for p, rows in weak.groupby(weak["perturbation"].astype(str), sort=False):
+        per_model = rows.groupby(rows["model"].astype(str), sort=False).size()
+        kinds = [f"{KINDS[k]} ({int(rows['kinds'].str.split(',').apply(lambda f, k=k: k in f).sum())})"
+                 for k in KINDS if rows["kinds"].str.split(",").apply(lambda f, k=k: k in f).any()]
+        top = rows.sort_values(["_score", "_rho"], ascending=[False, True]).head(worst)
+        said = "; ".join(f"{names.get(str(r.explainer), str(r.explainer))} on {names.get(str(r.model), str(r.model))}"
+                         f" ({r.why})" for r in top.itertuples())
+        lines.append(f"- **{names.get(p, p)}**: {len(rows)} cell{'s' * (len(rows) > 1)} not at full strength ("
+                     + ", ".join(f"{names.get(m, m)} {c}" for m, c in per_model.items()) + "); "
+                     + ", ".join(kinds) + f". Worst: {said}.")
+    return lines
 
 
 def cells_text(rows: pd.DataFrame, names: dict | None = None) -> str:
