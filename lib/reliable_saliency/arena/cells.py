@@ -51,10 +51,6 @@ class Shared:
     pgd_restart_kept: Tensor
 
 
-def _full(n: int, value: float = float("nan")) -> Tensor:
-    return nan_vector(n, value=value)
-
-
 def shared_shard(model: nn.Module, x: Tensor, y: Tensor, index, settings: ArenaSettings) -> dict[str, Tensor]:
     """The random sign noise and PGD (with its doubled-steps and restart runs on the strength
     subset) for images ``index``; the explainer-independent perturbations of one model."""
@@ -135,8 +131,8 @@ def pair_shard(name: str, model: nn.Module, x: Tensor, y: Tensor, index, setting
             raw, decoys = dance(model, x, y, base="gradient", return_decoys=True, **decoy_options(s))
         else:
             raw = explain(model, x, y)
-    out["none||passes"] = _full(n, counter.passes / n)
-    out["none||seconds"] = _full(n, counter.seconds / n)
+    out["none||passes"] = nan_vector(n, value=counter.passes / n)
+    out["none||seconds"] = nan_vector(n, value=counter.seconds / n)
     clean = pixel_map(raw)
     for key, value in faithfulness(model, x, clean, y, s).items():
         out[f"none|{key}|value"] = value.double().cpu()
@@ -164,7 +160,7 @@ def pair_shard(name: str, model: nn.Module, x: Tensor, y: Tensor, index, setting
     for p in perturbations:
         aimed = aim(name, p, model, x, s, index, decoys)
         started = time.perf_counter()
-        attack_value, plateau, flat = _full(n), _full(n), _full(n, 0.0)
+        attack_value, plateau, flat = nan_vector(n), nan_vector(n), nan_vector(n, value=0.0)
         if p == "random_sign":
             x_adv, kept = shared.x_noise, shared.noise_kept.bool()
         elif p == "pgd":
@@ -198,15 +194,15 @@ def pair_shard(name: str, model: nn.Module, x: Tensor, y: Tensor, index, setting
                 out[f"{p}|{measure}|baseline"] = baseline[measure]
         strength = _strength(p, name, aimed, model, x, y, s, index, subset, shared, score, targets, decoys)
         for measure in values:  # NaN outside the strength subset (every shard has every key)
-            out[f"{p}|{measure}|doubled"], out[f"{p}|{measure}|restart"] = strength.get(measure, (_full(n), _full(n)))
+            out[f"{p}|{measure}|doubled"], out[f"{p}|{measure}|restart"] = strength.get(measure, (nan_vector(n), nan_vector(n)))
         if aimed.surrogate and distance is None:
             distance = _surrogate_distance(aim(name, p, model, x, s, index, decoys), model, x, y, clean)
         out.update({f"{p}||label_kept": kept.double().cpu(), f"{p}||delta_mean": change["mean"].double().cpu(),
                     f"{p}||delta_max": change["max"].double().cpu(),
-                    f"{p}||budget": (_rms(change["l2"], x) if p == "dombrowski" else _full(n, s.eps)).double().cpu(),
+                    f"{p}||budget": (_rms(change["l2"], x) if p == "dombrowski" else nan_vector(n, value=s.eps)).double().cpu(),
                     f"{p}||attack_value": attack_value, f"{p}||plateau": plateau,
-                    f"{p}||surrogate_spearman": distance if aimed.surrogate else _full(n),
-                    f"{p}||attack_seconds": _full(n, seconds / n),
+                    f"{p}||surrogate_spearman": distance if aimed.surrogate else nan_vector(n),
+                    f"{p}||attack_seconds": nan_vector(n, value=seconds / n),
                     f"{p}||no_gradient": flat})
     return out
 
@@ -239,7 +235,7 @@ def _strength(p, name, aimed, model, x, y, settings, index, subset, shared, scor
     runs, found = {}, {}
     if p == "pgd":
         runs["doubled"], runs["restart"] = shared.x_pgd_doubled[pick], shared.x_pgd_restart[pick]
-        found["prediction_kept"] = [_full(n), _full(n)]
+        found["prediction_kept"] = [nan_vector(n), nan_vector(n)]
         found["prediction_kept"][0][pick] = shared.pgd_doubled_kept[pick.to(shared.pgd_doubled_kept.device)].cpu()
         found["prediction_kept"][1][pick] = shared.pgd_restart_kept[pick.to(shared.pgd_restart_kept.device)].cpu()
     else:
@@ -254,5 +250,5 @@ def _strength(p, name, aimed, model, x, y, settings, index, subset, shared, scor
     for slot, which in enumerate(("doubled", "restart")):
         if which in runs:
             for measure, value in score(p, runs[which], rows=pick).items():
-                found.setdefault(measure, [_full(n), _full(n)])[slot][pick] = value
+                found.setdefault(measure, [nan_vector(n), nan_vector(n)])[slot][pick] = value
     return {k: tuple(v) for k, v in found.items()}
