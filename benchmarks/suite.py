@@ -82,8 +82,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=None,
                    help="timed interleaved rounds (default 5 at 32 px, 3 at larger sizes; 1 with --quick)")
     p.add_argument("--warmup", type=int, default=None,
-                   help="untimed runs of each configuration before the rounds (default 1; 0 with --quick: "
-                        "the first round counts the passes)")
+                   help="untimed runs of each configuration before the rounds; the last one counts the "
+                        "passes (default 2, so a first call's one-time work, such as a structure probe that "
+                        "is remembered per model, is not counted; 0 with --quick: the first round counts)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads for the run (default: left as it is); on a machine shared with "
                         "other jobs use 1 and say so")
@@ -106,7 +107,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and value < least:
             p.error(f"--{name} must be >= {least}, got {value}")
-    args.warmup = args.warmup if args.warmup is not None else (0 if args.quick else 1)
+    args.warmup = args.warmup if args.warmup is not None else (0 if args.quick else 2)
     try:
         device = torch.device(args.device)
     except RuntimeError:

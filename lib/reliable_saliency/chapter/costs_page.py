@@ -180,7 +180,7 @@ def _cost_table(result: dict, sizes: list[int]) -> str:
                 cells = [_cell(html.escape(title), rows=len(present) * len(peers))] if j == k == 0 else []
                 if k == 0:
                     cells += [_cell(c, numeric=True, rows=len(peers)) for c in mine]
-                cells += [_cell(html.escape(peer)), _cell(_times(_ratio(best[j], ours)), numeric=True)]
+                cells += [_cell(_breakable(peer)), _cell(_times(_ratio(best[j], ours)), numeric=True)]
                 rows.append(("border-top:2px solid #bbb" if j == k == 0 else "", cells))
     return _table(head, rows, {i for i, h in enumerate(head) if h not in ("Method", "Peer (best setting)")})
 
@@ -193,6 +193,12 @@ def _at_paper_settings(section: dict, ours: dict | None) -> str:
         return "–"
     seconds = passes * ours["seconds_per_image"] / ours["passes_per_image"]
     return f"{_seconds(seconds)}<br><small>{passes:,} pass{'es' if passes != 1 else ''}</small>"
+
+
+def _breakable(name: str) -> str:
+    """A peer's name that may wrap inside its call ("captum Saliency(<wbr>abs=False)"): the longest
+    unbroken word sets the column's width, and the table must fit the 688-px column."""
+    return html.escape(name).replace("(", "(<wbr>").replace("_", "_<wbr>")
 
 
 def _times(value: float | None) -> str:
