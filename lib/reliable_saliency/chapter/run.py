@@ -167,6 +167,10 @@ def execute_chapter(notebook: Path, output_dir: Path, profile: str = "smoke",
         output_dir = Path(tempfile.mkdtemp(prefix=f"worker-{worker}-")) / "chapters"
         output = output_dir / notebook.name
     started = time.perf_counter()
+    stale = sorted(output_dir.glob(f".{notebook.stem}.*.tmp.ipynb"))
+    if stale:  # atomic_write's temporary of an execution that was killed (not removed: it may be running)
+        print(f"note: {', '.join(p.name for p in stale)} in {output_dir} are left by an execution that was killed "
+              f"(or is still running); delete them when none is running", flush=True)
     print(f"executing {notebook} -> {output} with {parameters}", flush=True)
     os.environ[CLAIMS_DIR_ENV] = str(claims_dir_for(output_dir))  # inherited by the kernel
     extra = "".join(f" -p {name} {shlex.quote(text)}" for name, text in overrides.items())
