@@ -202,7 +202,7 @@ def test_command_line_defaults(bench):
     suite, _, settings = bench
     args = suite.parse_args(["--sections", "deletion,gradient", "--sizes", "224,32,224"])
     assert args.sections == ["gradient", "deletion"]  # run in the documented order
-    assert args.sizes == [32, 224] and args.repeats is None and args.warmup == 1
+    assert args.sizes == [32, 224] and args.repeats is None and args.warmup == 2
     assert suite.default_out(args) == suite.RESULTS_DIR / "suite-cpu.json"
     quick = suite.parse_args(["--quick"])
     assert quick.warmup == 0 and suite.default_out(quick).parent == suite.QUICK_DIR
