@@ -68,8 +68,24 @@ def test_a_ceiling_has_no_power():
     claim = claim_of({"noise vs none": (np.ones(200), np.ones(200))})
     assert claim.verdict == "inconclusive" and claim.qualifier == NO_POWER
     assert claim.evidence["parts"][0]["power"] == NO_POWER
-    claim = claim_of({"all flipped": np.ones(200)}, threshold=0.5)  # A2.10: 1 [1, 1]
-    assert claim.verdict == "inconclusive" and "no power" in claim.verdict_text
+    claim = claim_of({"all on the threshold": np.full(200, 0.5)}, threshold=0.5)
+    assert claim.verdict == "inconclusive" and "every value at the tested value" in claim.verdict_text
+
+
+def test_a_constant_sample_off_the_threshold_is_evidence_judged_like_its_neighbour():
+    """A2.10: every image flipped, against a rate of 0.5, holds like 199 of 200 does (it read "no
+    power" before, so more evidence gave a weaker verdict), with an exact interval, not [1, 1]."""
+    ceiling, near = (claim_of({"flipped": v}, threshold=0.5) for v in (np.ones(200), np.r_[np.ones(199), 0.0]))
+    assert ceiling.verdict == near.verdict == "holds"
+    part = ceiling.evidence["parts"][0]
+    assert part["power"] == "ok" and 0.98 < part["low"] < 0.99 and part["high"] == 1.0  # Clopper-Pearson
+    assert part["p_for"] == pytest.approx(0.5 ** 200)
+    floor = claim_of({"flipped": np.zeros(200)}, threshold=0.5)  # the mirror
+    assert floor.verdict == "does not hold" and floor.evidence["parts"][0]["p_against"] == pytest.approx(0.5 ** 200)
+    few = claim_of({"flipped": np.ones(31)}, threshold=0.9)  # 31 of 31 against 0.9: 0.9 ** 31 = 0.038
+    assert few.verdict == "inconclusive" and few.evidence["parts"][0]["p_for"] == pytest.approx(0.9 ** 31)
+    shifted = claim_of({"gain": np.full(40, 0.2)})  # a constant, non-binary sample above 0: the sign test
+    assert shifted.verdict == "holds" and shifted.evidence["parts"][0]["p_for"] == pytest.approx(0.5 ** 40)
 
 
 def test_underpowered_parts_never_decide():

@@ -153,3 +153,21 @@ def test_a_statistic_needs_images_and_its_constancy_is_read_from_the_bootstrap()
     assert flat.constant_over(flat.bootstrap(50, 0))
     moving = Statistic(lambda a: a.mean(-1), np.arange(10.0), name="mean")
     assert not moving.constant_over(moving.bootstrap(50, 0))
+
+
+@pytest.mark.parametrize("k, n, rate", [(0, 50, 0.5), (50, 50, 0.5), (37, 50, 0.6), (3, 40, 0.1), (199, 200, 0.9)])
+def test_exact_proportion_matches_scipy_binomtest(k, n, rate):
+    from scipy.stats import binomtest
+
+    low, high, p_for, p_against = claims.statistics.exact_proportion(k, n, rate, "above")
+    ci = binomtest(k, n, rate).proportion_ci(0.95, method="exact")
+    assert (low, high) == pytest.approx((ci.low, ci.high), abs=1e-9)
+    assert p_for == pytest.approx(binomtest(k, n, rate, alternative="greater").pvalue)
+    assert p_against == pytest.approx(binomtest(k, n, rate, alternative="less").pvalue)
+    assert claims.statistics.exact_proportion(k, n, rate, "below")[2:] == (p_against, p_for)
+    assert (p_for < 0.025 or p_against < 0.025) == (not low <= rate <= high)  # the interval inverts the tests
+
+
+def test_exact_proportion_refuses_a_rate_outside_0_1():
+    with pytest.raises(ValueError, match=r"threshold in \(0, 1\)"):
+        claims.statistics.exact_proportion(3, 10, 0.0, "above")

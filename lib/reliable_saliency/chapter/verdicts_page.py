@@ -23,9 +23,11 @@ PAGE = """# Verdicts at a glance
 
 What each paper claimed and whether it held here, then every claim with the numbers behind it.
 One rule everywhere: each part of a claim (a model, an explainer, ...) is the mean effect per image
-with a 95% bootstrap interval over images, tested against the threshold the claim states, or
-against the statistic's chance level when it has one. A part with fewer than 30 images, or whose
-values are all equal (a ceiling), is shown greyed and never decides. The claim's quantifier
+with a 95% bootstrap interval over images (an exact binomial interval and test for a yes/no per
+image against a rate), tested against the threshold the claim states, or against the statistic's
+chance level when it has one. A part with fewer than 30 images, or whose every value sits at the
+tested value (variants at the same ceiling differ by 0 on every image), is shown greyed and never
+decides. The claim's quantifier
 combines its parts: *for every part* (the default) holds when every deciding part holds and does
 not hold when one is significantly against (Holm-adjusted); *for at least one* is its mirror; a
 claim with a main part is decided by it alone. Every verdict carries its counts, and the caveats

@@ -18,7 +18,7 @@ import numpy as np
 from ..core.experiment import Run, atomic_write
 from .rule import ALPHA, COMBINES, MIN_N, NO_POWER, UNDERPOWERED, VERDICTS, PartResult, count_parts, judge, \
     verdict_text
-from .statistics import Statistic, effect_of, one_sided_p
+from .statistics import Statistic, effect_of, exact_proportion, one_sided_p
 
 __all__ = ["Claim", "Ledger", "load_claims", "load_bottom_lines", "CLAIMS_DIR_ENV", "SCHEMA", "REQUIRED_KEYS",
            "PART_KEYS"]
@@ -148,14 +148,11 @@ class Ledger:
                 values, baseline = data if isinstance(data, tuple) else (data, None)
                 effect = effect_of(values, baseline, paired=paired, nan=nan)
             means = effect.bootstrap(self.rounds, self.run.seed)
-            constant = effect.constant_over(means) if isinstance(effect, Statistic) else effect.constant
-            power = UNDERPOWERED if effect.n < min_n else (NO_POWER if constant else "ok")
-            low, high = np.percentile(means, [2.5, 97.5]) if effect.n >= 2 else (math.nan, math.nan)
             dropped = 0 if isinstance(effect, Statistic) else effect.dropped  # NaN images (a statistic's are resamples)
-            results.append(PartResult(str(label), effect.n, dropped, effect.mean, float(low), float(high),
-                                      *one_sided_p(means, tested_against, direction), power=power))
-            sign_results.append(PartResult(str(label), effect.n, dropped, effect.mean, float(low),
-                                           float(high), *one_sided_p(means, threshold, direction), power=power))
+            results.append(PartResult(str(label), effect.n, dropped, effect.mean,
+                                      *_part_test(effect, means, tested_against, direction, min_n)))
+            sign_results.append(PartResult(str(label), effect.n, dropped, effect.mean,
+                                           *_part_test(effect, means, threshold, direction, min_n)))
             rows.append((effect, means))
         if below_strength and weakness_favours not in ("holds", "does not hold"):
             raise ValueError("below_strength needs weakness_favours= 'holds' or 'does not hold': the verdict a "
@@ -179,8 +176,8 @@ class Ledger:
             alpha = min(result.alpha_for, result.alpha_against)
             if alpha < ALPHA and effect.n >= 2:  # judged at Holm's level: the matching interval
                 part["adjusted_level"] = 1 - 2 * alpha
-                part["adjusted_low"], part["adjusted_high"] = map(
-                    float, np.percentile(means, [100 * alpha, 100 * (1 - alpha)]))
+                part["adjusted_low"], part["adjusted_high"] = _interval(effect, means, tested_against, direction,
+                                                                        1 - 2 * alpha)
             if min_effect is not None:
                 part["sign_verdict"] = sign.verdict
             evidence_parts.append(part)
@@ -265,6 +262,44 @@ class Ledger:
                     "bottom_line": self.conclusion, "claims": [asdict(c) for c in self.claims]}
         atomic_write(path, lambda tmp: tmp.write_text(json.dumps(document, indent=1) + "\n"))
         return path
+
+
+def _exact(effect, against: float) -> bool:
+    """A 0/1 value per image tested against a rate strictly between 0 and 1: the exact binomial test."""
+    return not isinstance(effect, Statistic) and effect.binary and 0 < against < 1
+
+
+def _interval(effect, means: np.ndarray, against: float, direction: str, level: float = 0.95) -> tuple[float, float]:
+    if effect.n < 2:
+        return math.nan, math.nan
+    if _exact(effect, against):
+        return exact_proportion(int(effect.samples[0].sum()), effect.n, against, direction, level)[:2]
+    tail = (1 - level) / 2 * 100
+    return tuple(map(float, np.percentile(means, [tail, 100 - tail])))
+
+
+def _part_test(effect, means: np.ndarray, against: float, direction: str, min_n: int) -> tuple:
+    """``(low, high, p_for, p_against, power)`` of one part against the value it is tested against.
+    A 0/1 sample against a rate is tested exactly; any other sample by the bootstrap ``means``.
+    *No power* only where the test cannot move: every value equal to ``against`` (a difference of 0
+    on every image), or a statistic that is the same on every resample. A sample that is constant
+    elsewhere (every image flipped, against a rate of 0.5) is evidence: its p-value is the sign
+    test's, 0.5 ** n (a zero-variance bootstrap would say 0)."""
+    low, high = _interval(effect, means, against, direction)
+    if isinstance(effect, Statistic):
+        power = NO_POWER if effect.constant_over(means) else "ok"
+        p_for, p_against = one_sided_p(means, against, direction)
+    elif _exact(effect, against):
+        power = "ok"
+        p_for, p_against = exact_proportion(int(effect.samples[0].sum()), effect.n, against, direction)[2:]
+    elif effect.constant:
+        at = abs(effect.mean - against) <= 1e-12 * max(1.0, abs(against))
+        power, claimed = (NO_POWER if at else "ok"), (effect.mean > against) == (direction == "above")
+        p_for, p_against = (1.0, 1.0) if at else ((0.5 ** effect.n, 1.0) if claimed else (1.0, 0.5 ** effect.n))
+    else:
+        power = "ok"
+        p_for, p_against = one_sided_p(means, against, direction)
+    return float(low), float(high), float(p_for), float(p_against), UNDERPOWERED if effect.n < min_n else power
 
 
 def load_claims(directory: str | Path) -> list[dict]:

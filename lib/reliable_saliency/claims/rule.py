@@ -7,8 +7,11 @@ is on the claimed side, ``p_against`` small means it is on the other side. At th
 (``ALPHA`` = 0.025 on each side) this is exactly "the 95% interval lies on one side".
 
 **Power.** A part with fewer than ``min_n`` values (default :data:`MIN_N`) is *underpowered*; a
-part whose values are all equal (a ceiling or a floor: the test cannot move) has *no power*. Such a
-part is shown, never decides, and a claim with no other part is ``inconclusive`` with that reason.
+part whose every value equals the value it is tested against (every variant at the same ceiling, so
+the difference is 0 on every image: the test cannot move) has *no power*. Such a part is shown,
+never decides, and a claim with no other part is ``inconclusive`` with that reason. A constant
+sample elsewhere is evidence (50 of 50 images flipped, against a rate of 0.5): 0/1 values against a
+rate are tested exactly (Clopper-Pearson, binomial), so 50 of 50 and 49 of 50 are judged alike.
 
 **How parts combine** (the claim's quantifier):
 
@@ -161,7 +164,7 @@ def verdict_text(verdict: str, qualifier: str, counts: dict, combine: str, min_n
             verdict, "the main part inconclusive")]
     plural = lambda n: f"{n} part{'s' * (n > 1)}"  # noqa: E731
     unpowered = [f"{plural(counts['underpowered'])} under n = {min_n}" if counts["underpowered"] else "",
-                 f"{plural(counts['no power'])} with every value equal" if counts["no power"] else ""]
+                 f"{plural(counts['no power'])} with every value at the tested value" if counts["no power"] else ""]
     unpowered = [u for u in unpowered if u]
     if unpowered:
         said.append(", ".join(unpowered) + (", not counted" if powered else ""))

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["Estimate", "Effect", "Statistic", "effect_of", "bootstrap_mean", "interval_text",
+__all__ = ["Estimate", "Effect", "Statistic", "effect_of", "bootstrap_mean", "exact_proportion", "interval_text",
            "median_interval_text", "finite_median", "one_sided_p", "rank_agreement", "correlation_gap"]
 
 
@@ -76,6 +76,11 @@ class Effect:
         """Every value of every sample equal (zero variance): a ceiling or floor, no power."""
         return all(s.size > 0 and np.ptp(s) <= 1e-12 * max(1.0, float(np.abs(s).max())) for s in self.samples)
 
+    @property
+    def binary(self) -> bool:
+        """One sample of 0/1 values (a per-image success): tested exactly (:func:`exact_proportion`)."""
+        return len(self.samples) == 1 and self.n > 0 and bool(np.isin(self.samples[0], (0.0, 1.0)).all())
+
     def bootstrap(self, rounds: int, seed: int) -> np.ndarray:
         """``rounds`` bootstrap means of the effect (images resampled with replacement; the same
         ``seed`` and sizes give the same resampling, so mirrored values give mirrored means)."""
@@ -126,6 +131,27 @@ def bootstrap_mean(values, baseline=None, *, paired: bool = True, rounds: int = 
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(effect.bootstrap(rounds, seed), [tail, 100 - tail])
     return Estimate(effect.mean, float(low), float(high), effect.n, effect.dropped, level)
+
+
+def exact_proportion(successes: int, n: int, threshold: float, direction: str,
+                     level: float = 0.95) -> tuple[float, float, float, float]:
+    """``(low, high, p_for, p_against)`` for ``successes`` of ``n``: the Clopper-Pearson interval at
+    ``level`` and exact one-sided binomial p-values against a rate ``threshold`` in (0, 1) (``p_for``
+    small: the rate is on the ``direction`` side). The interval excludes the threshold exactly when a
+    p-value is below ``(1 - level) / 2``, and 200 of 200 is judged like 199 of 200: no zero-width
+    interval at a ceiling (the percentile bootstrap gives ``[1, 1]`` there)."""
+    from scipy.stats import beta, binom
+
+    _check_level(level)
+    if not 0 < threshold < 1:
+        raise ValueError(f"an exact test of a rate needs a threshold in (0, 1), got {threshold}")
+    if direction not in ("above", "below"):
+        raise ValueError(f"direction must be 'above' or 'below', got {direction!r}")
+    tail = (1 - level) / 2
+    low = float(beta.ppf(tail, successes, n - successes + 1)) if successes > 0 else 0.0
+    high = float(beta.ppf(1 - tail, successes + 1, n - successes)) if successes < n else 1.0
+    at_least, at_most = float(binom.sf(successes - 1, n, threshold)), float(binom.cdf(successes, n, threshold))
+    return (low, high, at_least, at_most) if direction == "above" else (low, high, at_most, at_least)
 
 
 def one_sided_p(means: np.ndarray, threshold: float, direction: str) -> tuple[float, float]:
