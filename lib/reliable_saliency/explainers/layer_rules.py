@@ -97,12 +97,12 @@ def gradcam(
     return maps[0] if len(maps) == 1 else torch.cat(maps)
 
 
-def _output_rule(model, objective: Objective, types, rule, what: str, needs_output: bool = False):
-    """A context manager: forward hooks on modules of ``types`` that register ``rule(grad,
-    output)`` as a gradient hook on their outputs, applied only while ``objective`` computes its
-    input gradient. With ``needs_output`` the rule gets a copy of the output taken in the forward
-    pass: a later in-place operation (``out += identity``, ``ReLU(inplace=True)`` in torchvision's
-    ResNets) would otherwise change the values the rule reads."""
+def _output_rule(model, objective: Objective, types, rule, what: str, prepare=None):
+    """A context manager: forward hooks on modules of ``types`` that register ``rule(grad, kept)``
+    as a gradient hook on their outputs, applied only while ``objective`` computes its input
+    gradient. ``kept`` is the output itself, or ``prepare(output)`` computed in the forward pass: a
+    new tensor, so a later in-place operation (``out += identity``, ``ReLU(inplace=True)`` in
+    torchvision's ResNets) cannot change the values the rule reads."""
     modules = [m for m in model.modules() if isinstance(m, types)]
     if not modules:
         names = ", ".join(t.__name__ for t in types)
@@ -113,7 +113,7 @@ def _output_rule(model, objective: Objective, types, rule, what: str, needs_outp
 
     def forward_hook(module, args, out):
         if isinstance(out, Tensor) and out.requires_grad:
-            kept = out.clone() if needs_output else out  # keeps the graph: create_graph maps stay differentiable
+            kept = out if prepare is None else prepare(out)  # keeps the graph: create_graph maps stay differentiable
             out.register_hook(lambda grad: rule(grad, kept) if objective.rules_active else None)
 
     return forward_hooks(modules, forward_hook)
@@ -206,8 +206,9 @@ def lrp_epsilon(
     get the z-rule: relevance in proportion to each input's contribution, as zennit gives with its
     ResNet canonizer and a Sum rule. A model with a unit that has no LRP rule here (SiLU,
     Hardswish, GELU, sigmoid gates, Softplus, layer or group norm, attention) is refused: the map
-    would be gradient x input in disguise (relevance conservation 0.00-0.05 on such networks). Each layer's output is copied in the forward pass, so a later
-    in-place operation does not change the values the rule reads (tested on torchvision ResNets).
+    would be gradient x input in disguise (relevance conservation 0.00-0.05 on such networks). Each
+    layer's ratio is taken in the forward pass, so a later in-place operation does not change the
+    values the rule reads (tested on torchvision ResNets).
     """
     objective = Objective(model, x, target, "logit")  # checks the inputs first
     batch_size = resolve_batch_size(batch_size, x)
@@ -218,15 +219,20 @@ def lrp_epsilon(
                         "grad_x_input or Integrated Gradients, or zennit with rules written for these layers")
     epsilon = number("epsilon", epsilon)
 
-    def epsilon_rule(grad, z):
-        # z + epsilon * sign(z) with sign(+0) = +1; copysign gives -epsilon at z = -0.0, where the
-        # ratio is 0 either way. Without a graph to keep: one temporary, updated in place (the
+    def ratio(z):
+        # z / (z + epsilon * sign(z)) = |z| / (|z| + epsilon), sign(0) = +1 (the ratio is 0 there),
+        # taken in the forward pass: a new tensor (no copy of z to keep), then one product per layer
+        # in the backward pass. Without a graph to keep, the temporaries are updated in place (the
         # rule's cost is memory traffic).
-        if z.requires_grad or grad.requires_grad:  # create_graph
-            return grad * (z / (z + torch.copysign(z.new_tensor(epsilon), z)))
-        denominator = torch.copysign(z.new_tensor(epsilon), z).add_(z)
-        return torch.div(z, denominator, out=denominator).mul_(grad)
+        if z.requires_grad and create_graph:
+            magnitude = z.abs()
+            return magnitude / (magnitude + epsilon)
+        magnitude = z.detach().abs()
+        return torch.div(magnitude, magnitude + epsilon, out=magnitude)
 
-    with _output_rule(model, objective, _LRP_LINEAR, epsilon_rule, "lrp_epsilon", needs_output=True):
+    def epsilon_rule(grad, kept):  # one backward per forward (no retain_graph without create_graph): kept is free
+        return grad * kept if create_graph else kept.mul_(grad)
+
+    with _output_rule(model, objective, _LRP_LINEAR, epsilon_rule, "lrp_epsilon", prepare=ratio):
         source = graph_input(x, create_graph)
         return batched_gradient(objective, source, create_graph, batch_size) * source
