@@ -1137,6 +1137,8 @@ for i in range(count):
             columns[b].append(shown_maps[state, b][i])
         titles.append(f"{state}: {chosen.classes[adv_pred[i] if state == 'PGD' else yi[i]][:14]}")
 fig = map_grid({k: torch.stack(v) for k, v in columns.items()}, 2 * count)
+fig.set_size_inches(1.6 * 2 * count + 1.2, fig.get_size_inches()[1])  # the long row labels: keeps 10-pt text legible
+fig.tight_layout()
 for ax, title in zip(fig.axes, titles):
     ax.set_title(title, fontsize=10)
 relex_mean = {state: masks_imagenet[state][0].mean().item() for state in ("clean", "PGD")}

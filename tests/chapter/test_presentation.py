@@ -31,7 +31,7 @@ def test_a_figure_is_numbered_captioned_and_sized_for_the_column():
 
 
 def test_a_figure_whose_text_would_shrink_below_the_limit_is_refused():
-    wide = _figure(14, 10)  # about 1,100 px once cropped, shown at 688: 10 pt reads as about 6 pt
+    wide = _figure(14, 10)  # about 1,100 px once cropped, shown at 672: 10 pt reads as about 6 pt
     with pytest.raises(ValueError, match=r"would show at \d\.\d pt .* lay it out narrower"):
         figure_html(wide, "Figure 1.1", "caption", "figure-1-1")
     assert "<figure" in figure_html(_figure(8, 13), "Figure 1.4", "c", "f")  # wide, with large text: passes

@@ -98,7 +98,7 @@ def _number(value: float | None, spec: str) -> str:
 
 
 def _cell(text: str, tag: str = "td", numeric: bool = False, rows: int = 1) -> str:
-    # numbers never break (a header may); 0.3em padding keeps the 8 columns inside the 688-px column
+    # numbers never break (a header may); 0.3em padding keeps the 8 columns inside the content column
     style = ("text-align:right" + (";white-space:nowrap" if tag == "td" else "") if numeric else "text-align:left")
     style += ";padding:0.15em 0.3em"
     span = f' rowspan="{rows}"' if rows > 1 else ""
@@ -197,7 +197,7 @@ def _at_paper_settings(section: dict, ours: dict | None) -> str:
 
 def _breakable(name: str) -> str:
     """A peer's name that may wrap inside its call ("captum Saliency(<wbr>abs=False)"): the longest
-    unbroken word sets the column's width, and the table must fit the 688-px column."""
+    unbroken word sets the column's width, and the table must fit the content column (COLUMN_PX)."""
     return html.escape(name).replace("(", "(<wbr>").replace("_", "_<wbr>")
 
 

@@ -64,7 +64,7 @@ def top_pixels(maps: Tensor, k: int) -> Tensor:
 
 
 # --- numbered, captioned figures that stay legible in the book's content column ---
-COLUMN_PX = 688  # the content column of the book's theme at a 1280-px window (CSS pixels)
+COLUMN_PX = 672  # the content column as the browser check measures it at a 1280-px window (CSS pixels)
 CSS_PX_PER_INCH = 96  # a figure shown at its natural size prints a 10-pt label at 10 pt
 MIN_TEXT_PT = 9.0  # the smallest text a reader should meet at 100% zoom
 
