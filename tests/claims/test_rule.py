@@ -88,6 +88,15 @@ def test_a_constant_sample_off_the_threshold_is_evidence_judged_like_its_neighbo
     assert shifted.verdict == "holds" and shifted.evidence["parts"][0]["p_for"] == pytest.approx(0.5 ** 40)
 
 
+def test_a_shared_ceiling_has_no_power_for_a_magnitude_claim_either():
+    """Every difference 0 (both variants at 100%): no effect size can be read, not 'does not hold'."""
+    claim = claim_of({"noise vs none": np.zeros(200)}, min_effect=0.05, min_effect_reason="r")
+    assert claim.verdict == "inconclusive" and claim.sign_verdict == "inconclusive"
+    assert claim.evidence["parts"][0]["power"] == NO_POWER
+    short = claim_of({"gain": np.full(40, 0.02)}, min_effect=0.05, min_effect_reason="r")  # real but small
+    assert short.verdict == "does not hold" and short.sign_verdict == "holds"
+
+
 def test_underpowered_parts_never_decide():
     claim = claim_of({"3 values": sample(0.5, n=3), "12 values": sample(0.5, n=12)})
     assert claim.verdict == "inconclusive" and claim.qualifier == UNDERPOWERED

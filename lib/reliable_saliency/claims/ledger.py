@@ -150,9 +150,9 @@ class Ledger:
             means = effect.bootstrap(self.rounds, self.run.seed)
             dropped = 0 if isinstance(effect, Statistic) else effect.dropped  # NaN images (a statistic's are resamples)
             results.append(PartResult(str(label), effect.n, dropped, effect.mean,
-                                      *_part_test(effect, means, tested_against, direction, min_n)))
+                                      *_part_test(effect, means, tested_against, threshold, direction, min_n)))
             sign_results.append(PartResult(str(label), effect.n, dropped, effect.mean,
-                                           *_part_test(effect, means, threshold, direction, min_n)))
+                                           *_part_test(effect, means, threshold, threshold, direction, min_n)))
             rows.append((effect, means))
         if below_strength and weakness_favours not in ("holds", "does not hold"):
             raise ValueError("below_strength needs weakness_favours= 'holds' or 'does not hold': the verdict a "
@@ -278,26 +278,28 @@ def _interval(effect, means: np.ndarray, against: float, direction: str, level: 
     return tuple(map(float, np.percentile(means, [tail, 100 - tail])))
 
 
-def _part_test(effect, means: np.ndarray, against: float, direction: str, min_n: int) -> tuple:
-    """``(low, high, p_for, p_against, power)`` of one part against the value it is tested against.
-    A 0/1 sample against a rate is tested exactly; any other sample by the bootstrap ``means``.
-    *No power* only where the test cannot move: every value equal to ``against`` (a difference of 0
-    on every image), or a statistic that is the same on every resample. A sample that is constant
-    elsewhere (every image flipped, against a rate of 0.5) is evidence: its p-value is the sign
-    test's, 0.5 ** n (a zero-variance bootstrap would say 0)."""
+def _part_test(effect, means: np.ndarray, against: float, threshold: float, direction: str, min_n: int) -> tuple:
+    """``(low, high, p_for, p_against, power)`` of one part against the value it is tested against
+    (``threshold``, or beyond it by a claim's minimal effect). A 0/1 sample against a rate is tested
+    exactly; any other sample by the bootstrap ``means``. *No power* only where the measurement
+    cannot move: every value equal to ``threshold`` (a difference of 0 on every image: variants at
+    one ceiling, so no effect size can be read either), or a statistic that is the same on every
+    resample. A sample that is constant elsewhere (every image flipped, against a rate of 0.5) is
+    evidence: its p-value is the sign test's, 0.5 ** n (a zero-variance bootstrap would say 0)."""
     low, high = _interval(effect, means, against, direction)
+    on = lambda value: abs(effect.mean - value) <= 1e-12 * max(1.0, abs(value))  # noqa: E731
+    power = "ok"
     if isinstance(effect, Statistic):
         power = NO_POWER if effect.constant_over(means) else "ok"
         p_for, p_against = one_sided_p(means, against, direction)
+    elif effect.constant and on(threshold):
+        power, p_for, p_against = NO_POWER, 1.0, 1.0
     elif _exact(effect, against):
-        power = "ok"
         p_for, p_against = exact_proportion(int(effect.samples[0].sum()), effect.n, against, direction)[2:]
     elif effect.constant:
-        at = abs(effect.mean - against) <= 1e-12 * max(1.0, abs(against))
-        power, claimed = (NO_POWER if at else "ok"), (effect.mean > against) == (direction == "above")
-        p_for, p_against = (1.0, 1.0) if at else ((0.5 ** effect.n, 1.0) if claimed else (1.0, 0.5 ** effect.n))
+        claimed = (effect.mean > against) == (direction == "above")
+        p_for, p_against = (1.0, 1.0) if on(against) else ((0.5 ** effect.n, 1.0) if claimed else (1.0, 0.5 ** effect.n))
     else:
-        power = "ok"
         p_for, p_against = one_sided_p(means, against, direction)
     return float(low), float(high), float(p_for), float(p_against), UNDERPOWERED if effect.n < min_n else power
 

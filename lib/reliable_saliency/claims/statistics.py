@@ -61,6 +61,7 @@ class Effect:
 
     samples: tuple[np.ndarray, ...]
     dropped: int
+    difference: bool = False  # paired differences (values - baseline per image), not values
 
     @property
     def n(self) -> int:
@@ -78,8 +79,10 @@ class Effect:
 
     @property
     def binary(self) -> bool:
-        """One sample of 0/1 values (a per-image success): tested exactly (:func:`exact_proportion`)."""
-        return len(self.samples) == 1 and self.n > 0 and bool(np.isin(self.samples[0], (0.0, 1.0)).all())
+        """One sample of 0/1 values (a per-image success, not a difference that happens to be 0 or 1):
+        tested exactly against a rate (:func:`exact_proportion`)."""
+        return (len(self.samples) == 1 and not self.difference and self.n > 0
+                and bool(np.isin(self.samples[0], (0.0, 1.0)).all()))
 
     def bootstrap(self, rounds: int, seed: int) -> np.ndarray:
         """``rounds`` bootstrap means of the effect (images resampled with replacement; the same
@@ -97,7 +100,8 @@ def effect_of(values, baseline=None, *, paired: bool = True, nan: str = "raise")
     """``values`` (one per image), or their effect against ``baseline``: per-image differences when
     ``paired`` (the same images, resampled together), else two independent samples."""
     a = as_values(values, "values")
-    if baseline is not None and paired:
+    difference = baseline is not None and paired
+    if difference:
         b = as_values(baseline, "baseline")
         if a.shape != b.shape:
             raise ValueError(f"paired values and baseline need the same images: {a.size} vs {b.size}")
@@ -108,7 +112,7 @@ def effect_of(values, baseline=None, *, paired: bool = True, nan: str = "raise")
         b, dropped_b = _finite(as_values(baseline, "baseline"), nan, "baseline")
         samples.append(b)
         dropped += dropped_b
-    return Effect(tuple(samples), dropped)
+    return Effect(tuple(samples), dropped, difference)
 
 
 def _check_level(level: float) -> None:
