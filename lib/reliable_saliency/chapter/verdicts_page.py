@@ -35,8 +35,6 @@ say where an advantage is there by construction. `smoke` verdicts only show that
 
 This page is generated from `book/claims/*.json` at every build; do not edit it.
 
-{rejudged}
-
 ## The five papers
 
 ```{{raw}} html
@@ -111,13 +109,6 @@ def render_page(claims_dir: Path) -> str:
     """The page's Markdown for the claims files in ``claims_dir`` (none yet: says so)."""
     claims = load_claims(claims_dir) if claims_dir.is_dir() else []
     bottom = load_bottom_lines(claims_dir) if claims_dir.is_dir() else {}
-    rejudged = sorted({c["chapter"] for c in claims if c.get("rejudged")})
-    note = ""
-    if rejudged:
-        note = ("```{note}\nThe claims of " + ", ".join(rejudged) + " were re-judged under the current rule "
-                "from the intervals their chapters stored (a normal approximation, every claim read as 'for "
-                "every part'), with the caveats of the first referee reading; those chapter pages still show "
-                "the old rule's verdicts until they are executed again.\n```")
     sections = []
     for chapter in sorted({c["chapter"] for c in claims}):
         own = [c for c in claims if c["chapter"] == chapter]
@@ -128,7 +119,7 @@ def render_page(claims_dir: Path) -> str:
         link = _chapter_link(chapter)
         cards = "".join(card_html(c, f"{link}#{anchor(c['id'])}" if twins else link) for c in own)
         sections.append(f"### {title}\n\n```{{raw}} html\n{cards}\n```\n")
-    return PAGE.format(rejudged=note, papers=_chapter_cards(PAPER_CHAPTERS, claims, bottom),
+    return PAGE.format(papers=_chapter_cards(PAPER_CHAPTERS, claims, bottom),
                        own=_chapter_cards(OWN_CHAPTERS, claims, bottom),
                        claims="\n".join(sections) or "No chapter has written its claims yet.")
 
