@@ -213,7 +213,8 @@ ch.table(ghorbani_table.drop(columns="seconds"),
          "pixels still in the top after the perturbation (lower = more fragile), the rank correlation with the clean "
          "map, how far the map's centre moved, and the perturbation actually used. The two random rows of each "
          "explainer are the baselines.", formats={"label kept": "{:.0%}", "max change (/255)": "{:.1f}",
-                                                 "mean change (/255)": "{:.2f}", "centre shift (px)": "{:.2f}"})
+                                                 "mean change (/255)": "{:.2f}", "centre shift (px)": "{:.2f}",
+                                                 "images": "{:,.0f}"})
 
 # %% [markdown]
 # The claim holds when the targeted objectives leave less of the map in place than random noise
