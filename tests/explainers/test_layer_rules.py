@@ -180,6 +180,32 @@ def test_lrp_epsilon_matches_zennit_with_max_pooling(cnn_case):
 # ----------------------------------------------------------------------------- hooks
 
 
+def test_lrp_epsilon_rule_reads_each_forward_ratio_once(cnn_case, monkeypatch):
+    """The epsilon rule writes its product into the ratio kept from the forward pass (no new
+    tensor per layer), which is only right while each forward pass is backpropagated once. A change
+    to the gradient engine that backpropagates one forward pass twice (retain_graph, several
+    targets per forward) must fail here, not silently scale relevance by the ratio twice."""
+    from reliable_saliency.explainers import layer_rules
+
+    read: list[torch.Tensor] = []  # every ratio the rule read, kept alive so that no two share an id
+    real_output_rule = layer_rules._output_rule
+
+    def counting_output_rule(model, objective, types, rule, what, prepare=None):
+        def counted(grad, kept):
+            read.append(kept)
+            return rule(grad, kept)
+        return real_output_rule(model, objective, types, counted, what, prepare=prepare)
+
+    monkeypatch.setattr(layer_rules, "_output_rule", counting_output_rule)
+    model, x, t = cnn_case
+    layers = sum(isinstance(m, layer_rules._LRP_LINEAR) for m in model.modules())
+    for create_graph in (False, True):
+        read.clear()
+        explainers.lrp_epsilon(model, x, t, create_graph=create_graph, batch_size=2)  # 3 images: 2 forward passes
+        assert len(read) == 2 * layers and len({id(k) for k in read}) == len(read), (create_graph, len(read))
+
+
+
 def test_gradcam_layer_that_runs_twice_is_an_error_and_leaves_no_hook(rng):
     relu = nn.ReLU()
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), relu, nn.Conv2d(4, 4, 3, padding=1), relu,
