@@ -12,7 +12,7 @@ SMOKE_DIR := _build/smoke
 # The book's own trained models (sha256-verified by the zoo), so `make book` need not retrain them.
 export RELIABLE_SALIENCY_CHECKPOINTS ?= $(CURDIR)/book/checkpoints
 
-.PHONY: env book chapters chapter test unit nbval smoke-models smoke-book browser notebooks lock clean
+.PHONY: env book chapters chapter test unit nbval smoke-models smoke-book browser browser-book notebooks lock clean
 
 # The environment holds the pinned dependencies only; the library is always imported from this
 # checkout's lib/ (PYTHONPATH, inherited by papermill's and nbval's kernels), so one environment
@@ -88,6 +88,13 @@ SEARCH_TERMS ?= Ghorbani SmoothGrad
 browser: env
 	@test -f $(SMOKE_DIR)/_build/html/index.html || { echo "browser: no site in $(SMOKE_DIR)/_build/html; run make smoke-book first"; exit 2; }
 	$(BIN)/python tests/browser/check_site.py $(SMOKE_DIR)/_build/html --screenshots _build/screenshots \
+	  $(foreach term,$(SEARCH_TERMS),--search $(term))
+
+# The same checks on the published book: a strict build of the committed book-profile chapters
+# (nothing executed) into _build/html, then the browser check; screenshots in _build/screenshots/book/.
+browser-book: env
+	$(BIN)/jupyter-book build --quiet -W -n --keep-going .
+	$(BIN)/python tests/browser/check_site.py _build/html --screenshots _build/screenshots/book \
 	  $(foreach term,$(SEARCH_TERMS),--search $(term))
 
 # Re-pin every package from the current environment.
