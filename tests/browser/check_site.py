@@ -286,8 +286,9 @@ def browser_check(site: Path, screenshots: Path | None, searches: list[str], log
                     name = f"search-{''.join(c if c.isalnum() else '_' for c in term)}.html" if term else page
                     w, h = browser.screenshot(screenshots / _shot_name(name, width))
                     note += f", screenshot {w}x{h}"
-                    if page == "book/verdicts.html" and width == WIDE:  # one claim card on its own
-                        card = browser.screenshot_element("div.claim-card", screenshots / "claim-card.png")
+                    if page == "book/verdicts.html" and width == WIDE:  # one claim card on its own (a paper's)
+                        card = (browser.screenshot_element('div.claim-card[id^="claim-a"]', screenshots / "claim-card.png")
+                                or browser.screenshot_element('div.claim-card[id^="claim-"]', screenshots / "claim-card.png"))
                         note += f", claim card {card[0]}x{card[1]}" if card else ", no claim card to photograph"
                 where = page + (f" at {width} px" if width != WIDE else "") + (f" ?q={term}" if term else "")
                 log(f"  {where}: {note}{f', {len(found)} problems' if found else ''} ({time.perf_counter() - started:.1f} s)")

@@ -59,6 +59,7 @@ class Browser:
         self._replies: dict[int, dict] = {}
         self._inbox: queue.Queue = queue.Queue()
         self._next_id = 0
+        self._viewport = (1280, 900, False)  # what viewport() last set (Chromium's headless default until then)
 
     # -- process and transport -------------------------------------------------------------
     def __enter__(self) -> "Browser":
@@ -175,6 +176,7 @@ class Browser:
     def viewport(self, width: int, height: int = 900, mobile: bool = False) -> None:
         self.send("Emulation.setDeviceMetricsOverride",
                   {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile})
+        self._viewport = (width, height, mobile)
 
     def open(self, url: str) -> int:
         """Navigate and wait for the load event; returns the index of this navigation's first event."""
@@ -221,16 +223,25 @@ class Browser:
         return width, height
 
     def screenshot_element(self, selector: str, path) -> tuple[int, int] | None:
-        """A PNG of the first element matching ``selector`` (CSS size returned), or None if there is none."""
-        box = self.evaluate(f"(() => {{ const e = document.querySelector({selector!r}); if (!e) return null; "
-                            "const r = e.getBoundingClientRect(); return [r.left + scrollX, r.top + scrollY, "
-                            "r.width, r.height]; })()")
-        if not box:
-            return None
-        x, y, width, height = box
-        png = self.send("Page.captureScreenshot", {
-            "format": "png", "captureBeyondViewport": True,
-            "clip": {"x": x, "y": y, "width": width, "height": height, "scale": 1}})["data"]
+        """A PNG of the first element matching ``selector`` (CSS size returned), or None if there is none.
+        The viewport is made as tall as the page while the element is measured and captured: the book's
+        theme lays a page out differently once it scrolls (the sidebar moves), so a box measured at one
+        scroll position and captured at another crops the wrong part of the page."""
+        width, height, mobile = self._viewport
+        metrics = self.send("Page.getLayoutMetrics")
+        size = metrics.get("cssContentSize") or metrics["contentSize"]
+        self.viewport(width, int(min(max(size["height"], height), 32000)), mobile)
+        try:
+            box = self.evaluate(f"(() => {{ const e = document.querySelector({selector!r}); if (!e) return null; "
+                                "const r = e.getBoundingClientRect(); return [r.left + scrollX, r.top + scrollY, "
+                                "r.width, r.height]; })()")
+            if not box:
+                return None
+            x, y, width_css, height_css = box
+            png = self.send("Page.captureScreenshot", {
+                "format": "png", "clip": {"x": x, "y": y, "width": width_css, "height": height_css, "scale": 1}})["data"]
+        finally:
+            self.viewport(width, height, mobile)
         with open(path, "wb") as out:
             out.write(base64.b64decode(png))
-        return int(width), int(height)
+        return int(width_css), int(height_css)

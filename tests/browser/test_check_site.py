@@ -9,6 +9,7 @@ import base64
 import json
 
 import pytest
+from PIL import Image
 
 import check_site
 from chromium_cdp import find_chromium
@@ -42,7 +43,8 @@ def html(body: str) -> str:
 
 
 def card(ident: str) -> str:
-    return f'<div class="claim-card" id="claim-{ident}"><h4>{ident.upper()}: a claim</h4><p>holds</p></div>'
+    return (f'<div class="claim-card" id="claim-{ident}" style="background:rgb(0,170,0);padding:4em 0">'
+            f'<h4>{ident.upper()}: a claim</h4><p>holds</p></div>')  # a solid colour: its screenshot is checked
 
 
 def kit_figure(natural: int = 600, text_pt: float = 10.0, caption: str = "what to see", ident: str = "figure-1-1") -> str:
@@ -69,7 +71,7 @@ CHAPTER = html('<section id="found"><p>Ghorbani’s attack moves the map.</p><a 
                + output("<pre>expected</pre>", "cell tag_expected-warning", "stderr")
                + "{planted}</section>")
 VERDICTS = html('<p>A: holds: <a href="#claim-a1-1">A1.1</a>, <a href="verdicts.html#claim-a1-2">A1.2</a></p>'
-                '{planted}' + card("a1-1") + card("a1-2"))
+                '{planted}' + "<div style='height:1500px'></div>" + card("a1-1") + card("a1-2"))
 
 
 def make_site(root, planted: str = "", index_target: str = "book/intro.html", verdicts: str = "",
@@ -210,6 +212,8 @@ def test_browser_run_passes_a_clean_site_and_reports_planted_faults(tmp_path):
         "book__chapters__ch.png", "book__intro.phone-390px.png", "book__intro.png", "book__verdicts.phone-390px.png",
         "book__verdicts.png", "claim-card.png", "search-Ghorbani.png", "search.png"]  # the index only redirects: no screenshot of its own
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in shots.iterdir())
+    pixels = list(Image.open(shots / "claim-card.png").convert("RGB").getdata())
+    assert sum(p == (0, 170, 0) for p in pixels) > 0.8 * len(pixels)  # the card itself, not the page beside it
 
     # faults only a browser sees: an image file that does not decode, a JavaScript exception, a
     # search that lists no chapter; plus one the files show (a missing image) on the DOM
