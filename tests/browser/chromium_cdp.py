@@ -211,22 +211,26 @@ class Browser:
             time.sleep(every)
 
     def screenshot(self, path) -> tuple[int, int]:
-        """A full-page PNG of the current page at the current viewport width; returns its CSS size."""
+        """A full-page PNG of the current page at the current viewport width; returns its CSS size.
+        Taken in a viewport as tall as the page (then restored), not with Chromium's capture beyond
+        the viewport: on the book's theme that one cropped the page beside the content column."""
+        width, height, mobile = self._viewport
         metrics = self.send("Page.getLayoutMetrics")
         size = metrics.get("cssContentSize") or metrics["contentSize"]
-        width, height = int(size["width"]), int(min(size["height"], 32000))  # very long pages are cut
-        png = self.send("Page.captureScreenshot", {
-            "format": "png", "captureBeyondViewport": True,
-            "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1}})["data"]
+        full_width, full_height = int(size["width"]), int(min(size["height"], 32000))  # very long pages are cut
+        self.viewport(width, max(full_height, height), mobile)
+        try:
+            png = self.send("Page.captureScreenshot", {
+                "format": "png", "clip": {"x": 0, "y": 0, "width": full_width, "height": full_height, "scale": 1}})["data"]
+        finally:
+            self.viewport(width, height, mobile)
         with open(path, "wb") as out:
             out.write(base64.b64decode(png))
-        return width, height
+        return full_width, full_height
 
     def screenshot_element(self, selector: str, path) -> tuple[int, int] | None:
         """A PNG of the first element matching ``selector`` (CSS size returned), or None if there is none.
-        The viewport is made as tall as the page while the element is measured and captured: the book's
-        theme lays a page out differently once it scrolls (the sidebar moves), so a box measured at one
-        scroll position and captured at another crops the wrong part of the page."""
+        Measured and captured in a viewport as tall as the page (then restored), as :meth:`screenshot`."""
         width, height, mobile = self._viewport
         metrics = self.send("Page.getLayoutMetrics")
         size = metrics.get("cssContentSize") or metrics["contentSize"]

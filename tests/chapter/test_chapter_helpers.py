@@ -86,11 +86,12 @@ def test_verdicts_page_from_claims_files(tmp_path):
         ledger.record("A1", paper="A", claim="x <b> y", verdict="holds", measured="m", reason="r")
         ledger.test("A2", paper="A", claim="z", measured="m", parts={"p": [0.5, 0.6, 0.4] * 12})
         if chapter == "02_relex":
-            ledger.bottom_line("RelEx retrieves the clean class, by construction.")
+            ledger.bottom_line("RelEx retrieves the *clean* class, by construction; 2 * 3 <b>.")
         ledger.save(claims_dir)
     page = verdicts_page.render_page(claims_dir)
     assert "## The five papers" in page and "## The book's own checks" in page
-    assert "RelEx retrieves the clean class, by construction." in page  # the chapter's bottom line
+    # the chapter's bottom line, its Markdown emphasis as HTML (the card is raw HTML), the rest escaped
+    assert "RelEx retrieves the <em>clean</em> class, by construction; 2 * 3 &lt;b&gt;." in page
     assert 'href="verdicts.html#claim-a1"' in page  # and beside it every claim, linked to its card
     assert "Not executed at any profile yet" in page  # chapters 3 to 6 have no claims here
     assert "x &lt;b&gt; y" in page  # claim text is escaped

@@ -11,6 +11,7 @@ plot, under a stable anchor (``#claim-a2-1``).
 from __future__ import annotations
 
 import html
+import re
 from pathlib import Path
 
 from ..claims import VERDICTS, load_bottom_lines, load_claims
@@ -88,6 +89,13 @@ def _computed_bottom_line(claims: list[dict]) -> str:
     return "; ".join(said) + "."
 
 
+def _emphasis(text: str) -> str:
+    """The Markdown emphasis a bottom line may use (``*clean*``, ``**not**``) as HTML: the cards are
+    raw HTML, where Markdown is not rendered."""
+    text = re.sub(r"\*\*(\S(?:[^*]*\S)?)\*\*", r"<strong>\1</strong>", text)
+    return re.sub(r"(?<![\w*])\*(\S(?:[^*]*\S)?)\*(?![\w*])", r"<em>\1</em>", text)
+
+
 def _chapter_cards(titles: dict[str, str], claims: list[dict], bottom: dict[str, str]) -> str:
     cards = []
     for chapter, title in titles.items():
@@ -96,7 +104,7 @@ def _chapter_cards(titles: dict[str, str], claims: list[dict], bottom: dict[str,
             cards.append(f'<div class="claim-card" style="--verdict:#888"><h4>{html.escape(title)}</h4>'
                          f"<p>Not executed at any profile yet.</p></div>")
             continue
-        line = html.escape(bottom.get(chapter, ""))
+        line = _emphasis(html.escape(bottom.get(chapter, "")))
         line = f"{line}</p><p>{_computed_bottom_line(own)}" if line else _computed_bottom_line(own)  # links
         profiles = ", ".join(sorted({c["profile"] for c in own}))
         cards.append(f'<div class="claim-card" style="--verdict:#2c5d8f"><h4><a href="{_chapter_link(chapter)}">'
