@@ -100,6 +100,19 @@ def test_verdicts_page_from_claims_files(tmp_path):
     (tmp_path / "chapters").mkdir()
     (tmp_path / "chapters" / "02_relex.ipynb").write_text('{"x": "<div class=\\"claim-card\\" id=\\"claim-a1\\">"}')
     assert 'href="chapters/02_relex.html#claim-a1"' in verdicts_page.render_page(claims_dir)
+    assert "Re-tested in" not in verdicts_page.render_page(claims_dir)  # no arena run yet
+    run = experiment.start_run("07_arena", experiment.resolve_profile("book"), "cpu", "CIFAR-10", 0)
+    ledger = Ledger(run, bootstrap_rounds=1000)
+    ledger.record("A7.1", paper="A", claim="retested", verdict="does not hold", measured="m", reason="r")
+    ledger.record("B7.1", paper="B", claim="retested", verdict="holds", measured="m", reason="r")
+    ledger.save(claims_dir)
+    page = verdicts_page.render_page(claims_dir)
+    relex_card, dance_card = (page.split(f"<h4>{title}")[1].split("</div>")[0] for title in (
+        f'<a href="chapters/02_relex.html">{verdicts_page.PAPER_CHAPTERS["02_relex"]}', verdicts_page.PAPER_CHAPTERS["03_dance"]))
+    # each paper's card names the arena's re-tests of its claims, an unexecuted chapter's too
+    assert 'Re-tested in <a href="chapters/07_arena.html">the arena</a>' in relex_card
+    assert 'does not hold: <a href="verdicts.html#claim-a7-1">A7.1</a>' in relex_card and "B7.1" not in relex_card
+    assert "Not executed at any profile yet." in dance_card and 'holds: <a href="verdicts.html#claim-b7-1">B7.1</a>' in dance_card
 
 
 def test_run_helpers():

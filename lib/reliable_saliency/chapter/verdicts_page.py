@@ -3,8 +3,8 @@
 Listed in ``_config.yml`` (``sphinx: extra_extensions``). At each build it reads
 ``<book>/claims/*.json`` (written by the executed chapters) and writes ``<book>/verdicts.md``
 before Sphinx reads any page, so the page is never edited by hand and always matches the claims
-the chapters produced. It opens with one card per paper (the chapter's bottom line and its
-verdict counts), then the book's own checks apart, then every claim as a card with its forest
+the chapters produced. It opens with one card per paper (the chapter's bottom line, its
+verdict counts and the arena's re-tests of the paper's claims), then the book's own checks apart, then every claim as a card with its forest
 plot, under a stable anchor (``#claim-a2-1``).
 """
 
@@ -62,6 +62,7 @@ PAPER_CHAPTERS = {
     "05_mask_search": "D. A black-box mask search and GAN inpainting (Thakur and Fischmeister, ICPR 2020)",
     "06_gradient_alignment": "E. Gradient alignment with l2 + cosd for robust attributions (Joo et al., AAAI 2023)",
 }
+ARENA = "07_arena"  # its claims re-test the papers' (ids A7.1, B7.1, ...): each paper's card names them too
 OWN_CHAPTERS = {
     "00_data_and_models": "The book's data and models",
     "01_fragile_explanations": "Fragile explanations: the background papers (Ghorbani et al.; Dombrowski et al.)",
@@ -96,16 +97,28 @@ def _emphasis(text: str) -> str:
     return re.sub(r"(?<![\w*])\*(\S(?:[^*]*\S)?)\*(?![\w*])", r"<em>\1</em>", text)
 
 
+def _arena_line(title: str, claims: list[dict]) -> str:
+    """The arena's re-tests of one paper's claims (ids with the paper's letter, ``A7.1``), their
+    verdicts linked to their cards; '' when the arena has none for it (or has not run)."""
+    retested = [c for c in claims if c["chapter"] == ARENA and c["id"].startswith(title[0])]
+    if not retested:
+        return ""
+    return ("</p><p>Re-tested in <a href=\"" + _chapter_link(ARENA) + "\">the arena</a>, every method measured the "
+            f"same way ({retested[0]['profile']} profile): " + _computed_bottom_line(retested))
+
+
 def _chapter_cards(titles: dict[str, str], claims: list[dict], bottom: dict[str, str]) -> str:
     cards = []
     for chapter, title in titles.items():
         own = [c for c in claims if c["chapter"] == chapter]
         if not own:
             cards.append(f'<div class="claim-card" style="--verdict:#888"><h4>{html.escape(title)}</h4>'
-                         f"<p>Not executed at any profile yet.</p></div>")
+                         f"<p>Not executed at any profile yet.{_arena_line(title, claims)}</p></div>")
             continue
         line = _emphasis(html.escape(bottom.get(chapter, "")))
         line = f"{line}</p><p>{_computed_bottom_line(own)}" if line else _computed_bottom_line(own)  # links
+        if chapter in PAPER_CHAPTERS:
+            line += _arena_line(title, claims)
         profiles = ", ".join(sorted({c["profile"] for c in own}))
         cards.append(f'<div class="claim-card" style="--verdict:#2c5d8f"><h4><a href="{_chapter_link(chapter)}">'
                      f"{html.escape(title)}</a></h4><p>{len(own)} claims ({profiles} profile): {_counts(own)}.</p>"
