@@ -72,11 +72,12 @@ from IPython.display import Markdown, display
 from reliable_saliency.arena import (ATTACKS, CONTROL_NAMES, EXPLAINERS, PROFILES, arena_settings,
                                      controls_at_or_above, estimate, estimate_text, rank_table, run_arena)
 from reliable_saliency.arena.harness import cifar_images, load_models
-from reliable_saliency.arena.readout import (NAMES, by_construction, control_sentences, fooled, leaders, oriented,
-                                             pooled, rank_cells, retrieval_rows, sigma_scores)
+from reliable_saliency.arena.readout import (NAMES, by_construction, control_sentences, floor_caveat, fooled, leaders,
+                                             oriented, pooled, rank_cells, retrieval_rows, sigma_scores)
 from reliable_saliency.arena.storekey import store_key
 from reliable_saliency.arena.strength import PRIMARY, RULES, full_strength, guard, strength_table, weak_sentences
 from reliable_saliency.chapter import kit
+from reliable_saliency.core import workers
 from reliable_saliency.evaluation.attribution_robustness import alignment_diagnostics
 from reliable_saliency.chapter.rerun import rerun_box
 
@@ -219,17 +220,27 @@ ch.table(settings_table, f"The arena's settings at the `{settings.profile}` prof
 # %%
 cost_estimate = estimate(settings)
 display(Markdown("\n".join(f"- {line}" for line in estimate_text(cost_estimate, settings, NAMES).splitlines())))
-started = time.perf_counter()
+arena_store = ch.store.folder.parent / store_key()
+
+
+def shard_count() -> int:
+    return sum(1 for _ in arena_store.rglob("shard-*.pt")) if arena_store.is_dir() else 0
+
+
+shards_before, started = shard_count(), time.perf_counter()
 arena = run_arena(settings, root=ch.store.folder.parent, key=store_key(), device=str(run_device),
-              train_models=train_models)
+                  train_models=train_models)
 arena_minutes = (time.perf_counter() - started) / 60
+computed = shard_count() - shards_before
 n_images = int(arena.loc[arena.model != "shapes_cnn", "image"].nunique())
 n_shapes = int(arena.loc[arena.model == "shapes_cnn", "image"].nunique())
 display(Markdown(
     f"The long table: {len(arena):,} rows; {n_images} CIFAR-10 test images x {arena.explainer.nunique()} explainers x "
     f"{len(MODELS)} models ({names(MODELS)}) x {arena.perturbation.nunique() - 1} perturbations, plus {n_shapes} synthetic "
-    f"shapes images for localisation. This run spent {arena_minutes:.1f} minutes on it (shards already in the store "
-    "are read back, not recomputed)."))
+    f"shapes images for localisation. This execution spent {arena_minutes:.1f} minutes on it and computed "
+    f"{computed:,} shards of images with {workers.world_size()} worker{'s' * (workers.world_size() > 1)}; any other "
+    "shard was read back from the store, where an earlier execution had left it (the estimate above is what a whole "
+    "run costs; the README gives the time measured at `book`)."))
 
 # %% [markdown]
 # ## How strong were the attacks?
@@ -297,7 +308,9 @@ display(Markdown(
 # than random noise; negative: the attacks moved the map further than noise does). The random map
 # sits at 0 by construction under every attack, since nothing moves it; that is why it is there.
 # PGD is not among the pooled attacks: it is aimed at the label, not at the map. The heatmap below
-# splits the same numbers by attack (models pooled), PGD in its own column.
+# splits the same numbers by attack (models pooled), PGD in its own column. Where an attack drives
+# a map's top-k intersection to 0, this number is floored: "What the attacks leave" below reads it
+# as the attacks leave it.
 
 # %%
 AIMED = [a for a in ATTACKS if a != "pgd"]  # the attacks aimed at a map (PGD aims at the label)
@@ -346,6 +359,57 @@ ch.table(rank_cells(goal_ranks, column="perturbation", order=list(EXPLAINERS)),
          "shift, target region mass, Pearson with the target map, distance to the frame, retrieval), models pooled per "
          "image, beyond random noise and signed so that higher is better for the explainer (a goal where lower is "
          "better, such as the centre shift, is negated).")
+
+# %% [markdown]
+# ### What the attacks leave
+#
+# "Beyond random noise" is the damage an attack does over noise of the same budget; it is not how
+# stable a map is. The top-k intersection cannot fall below 0: once an attack leaves none of a
+# map's top pixels in place, the number beyond random noise is minus the map's stability under
+# noise, whatever the attack did. A map that noise alone scrambles then looks robust beyond random
+# noise, and a map that noise leaves alone looks fragile, though the attack destroyed both (the
+# book's rule on floors: read the quantity that is not floored). So the top-k intersection is also
+# read as the attacks leave it, with the same under noise beside it; the guide and the trade-off
+# below rank robustness on what the attacks leave.
+
+# %%
+left_rows = arena[arena.perturbation.astype(str).isin(AIMED) & (arena.measure.astype(str) == "topk_intersection")]
+by_explainer = left_rows.groupby(left_rows.explainer.astype(str))
+left_ranks = rank_table(pooled(arena, AIMED, ["topk_intersection"], over_models=True, beyond=False,
+                               label="what the aimed attacks leave"), rounds=rank_rounds, seed=seed)
+left_table = pd.DataFrame({
+    "under random noise": by_explainer["baseline"].mean(), "under the aimed attacks": by_explainer["value"].mean(),
+    "at 0 under the attacks": by_explainer["value"].apply(lambda v: float((v.dropna() <= 0).mean()))})
+left_table["beyond random noise"] = left_table["under the aimed attacks"] - left_table["under random noise"]
+left_table["as left: #rank (interval)"] = rank_cells(left_ranks, column="measure")["top-k intersection"].rename(
+    index={v: k for k, v in NAMES.items()})
+left_table = left_table.reindex([e for e in EXPLAINERS if e in left_table.index])
+palette = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 7]  # tab10 without its grey (the controls')
+method_colours = dict(zip([e for e in EXPLAINERS if e not in CONTROL_NAMES], palette))
+control_styles = dict(zip(CONTROL_NAMES, (("s", "0.35"), ("^", "0.35"), ("D", "0.35"))))
+fig, ax = plt.subplots(figsize=(6.6, 5.2))
+for name, row in left_table.iterrows():
+    marker, colour = control_styles.get(name, ("o", method_colours.get(name)))
+    ax.plot(row["under random noise"], row["under the aimed attacks"], marker=marker, color=colour, linestyle="none",
+            markersize=7, label=NAMES[name])
+ax.plot([0, 1], [0, 1], color="0.6", linewidth=0.8, linestyle="--")
+ax.axhline(0, color="0.6", linewidth=0.8)
+ax.set_xlim(-0.02, 1.02)
+ax.set_ylim(-0.02, 1.02)
+ax.set_xlabel("top-k intersection under random noise")
+ax.set_ylabel("top-k intersection under the aimed attacks")
+ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, fontsize=9, frameon=False)
+fig.tight_layout()
+ch.figure(fig, "Each explainer's top-k intersection under random noise (across) and under the attacks aimed at its map "
+               "(up), the means over the images, the aimed attacks and the models (PGD left out). The dashed diagonal "
+               "is 'no worse than noise': the distance below it is the damage beyond random noise. A point on the "
+               "floor (0) lost every top pixel to the attacks, whatever its distance from the diagonal.")
+ch.table(left_table.rename(index=NAMES).rename_axis("explainer"),
+         "The top-k intersection under random noise and under the attacks aimed at the map (means over the images, "
+         "the aimed attacks and the models), the share of attacked cells (image x attack x model) at 0, the "
+         "difference (beyond random noise), and the rank on what the attacks leave with its 95% bootstrap interval "
+         "over images (LRP-epsilon on the ReLU models only).", digits=2,
+         formats={"at 0 under the attacks": "{:.0%}"})
 
 # %% [markdown]
 # ## Faithfulness
@@ -488,21 +552,19 @@ cost_ranks = rank_table(none[none.measure.astype(str).isin(["passes", "seconds"]
 # %% [markdown]
 # ## The trade-off
 #
-# Robustness beyond random noise against faithfulness and against cost, one point per explainer,
-# the controls on the same axes. Robustness is the top-k intersection beyond random noise averaged
-# over the attacks aimed at the maps (PGD left out) and the models per image, faithfulness the deletion AUC averaged over the
-# models (both with 95% bootstrap intervals over images).
+# Robustness against faithfulness and against cost, one point per explainer, the controls on the
+# same axes. Robustness is the top-k intersection the attacks aimed at the maps leave (PGD left
+# out), averaged over the attacks and the models per image: not the damage beyond random noise,
+# which an attack that reaches the floor turns into minus the map's stability under noise (above).
+# Faithfulness is the deletion AUC averaged over the models; both with 95% bootstrap intervals over
+# images.
 
 # %%
-robust = rank_table(pooled(arena, AIMED, ["topk_intersection"], over_models=True), column="beyond",
-                    rounds=rank_rounds, seed=seed).set_index("explainer")
+robust = left_ranks.set_index("explainer")
 deletion = rank_table(pooled(arena, ["none"], ["deletion_auc"], over_models=True, beyond=False, label="none"),
                       rounds=rank_rounds, seed=seed).set_index("explainer")
 seconds = cost_rows[cost_rows.measure.astype(str) == "seconds"].groupby(cost_rows.explainer.astype(str))["value"].mean()
 fig, axes = plt.subplots(2, 1, figsize=(6.6, 8.8), sharex=True)
-palette = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 7]  # tab10 without its grey (the controls')
-method_colours = dict(zip([e for e in EXPLAINERS if e not in CONTROL_NAMES], palette))
-control_styles = dict(zip(CONTROL_NAMES, (("s", "0.35"), ("^", "0.35"), ("D", "0.35"))))
 for name in EXPLAINERS:
     if name not in robust.index or name not in deletion.index:
         continue
@@ -517,11 +579,11 @@ axes[0].set_ylabel("deletion AUC (lower is better)")
 axes[0].invert_yaxis()
 axes[1].set_ylabel("seconds per image (log)")
 axes[1].set_yscale("log")
-axes[1].set_xlabel("top-k intersection beyond random noise\n(higher is better)")
+axes[1].set_xlabel("top-k intersection the aimed attacks leave\n(higher is better)")
 fig.legend(*axes[0].get_legend_handles_labels(), loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=9,
            frameon=False)
 fig.tight_layout()
-ch.figure(fig, "Each explainer's robustness beyond random noise against its faithfulness (upper; deletion AUC, the axis "
+ch.figure(fig, "Each explainer's robustness (the top-k intersection the aimed attacks leave) against its faithfulness (upper; deletion AUC, the axis "
                "turned so that up is better) and its cost (lower; seconds per image in this run, log scale); 95% "
                "bootstrap intervals over images. Coloured circles: the methods; grey square, triangle and diamond: the "
                "controls. Robustness counts every attack aimed at the maps (PGD left out), including those not at full strength (the circles of the "
@@ -540,7 +602,7 @@ attacked = arena[arena.perturbation.astype(str).isin(ATTACK_LIST)
                   & (arena.measure.astype(str) != "prediction_kept")]  # the label PGD leaves is the same for all
 per_attack = rank_table(attacked, column="beyond", rounds=rank_rounds, seed=seed)
 # cost is left out: the controls are free by construction, so they always rank at or above a method there
-ALL_RANKS = pd.concat([per_attack, stability_ranks, goal_ranks, faith_ranks, sigma_ranks, retrieval_ranks, local_ranks,
+ALL_RANKS = pd.concat([per_attack, stability_ranks, goal_ranks, left_ranks, faith_ranks, sigma_ranks, retrieval_ranks, local_ranks,
                        sanity_ranks], ignore_index=True)
 RANKING = ["model", "perturbation", "measure", "column"]
 every_case = controls_at_or_above(ALL_RANKS)
@@ -677,7 +739,9 @@ if A_MODELS:
                        for m in A_MODELS for o in ("gradient", "smoothgrad") for p, meas in a_cells},
                 caveats=["PGD, which paper A uses, is aimed at the label and at no map: it is an untargeted "
                          "perturbation here, in the tables but not in this claim."]
-                + weakened({"smoothgrad_samples": "SmoothGrad"}),
+                + weakened({"smoothgrad_samples": "SmoothGrad"})
+                + floor_caveat(arena, [(e, m, p, meas) for m in A_MODELS for e in ("relex", "gradient", "smoothgrad")
+                                       for p, meas in a_cells], NAMES),
                 **guard(checked, [("relex", m, p) for m in A_MODELS for p, _ in a_cells],
                         [(o, m, p) for m in A_MODELS for o in ("gradient", "smoothgrad") for p, _ in a_cells], NAMES))
 else:
@@ -719,7 +783,9 @@ ledger.test("B7.1", paper=PAPER_B, nan="omit",
             + ([f"DANCE runs on {patch_positions(settings)} patch positions here against "
                 f"{patch_positions(PAPER_SETTINGS)} at the paper profile: fewer decoys, a weaker smoothing of the "
                 "gradient, which works against DANCE."] if patch_positions(settings) < patch_positions(PAPER_SETTINGS)
-               else []),
+               else [])
+            + floor_caveat(arena, [(e, m, p, PRIMARY[p]) for m in MODELS for e in ("dance", "gradient", "smoothed_gradient")
+                                   for p in B_ATTACKS], NAMES),
             **guard(checked, [("dance", m, p) for m in MODELS for p in B_ATTACKS],
                     [(o, m, p) for m in MODELS for p in B_ATTACKS for o in ("gradient", "smoothed_gradient")], NAMES))
 display(Markdown(ledger.line("B7.1")))
@@ -827,7 +893,9 @@ if "l2cosd" in MODELS and E_OTHERS:
                 parts={f"{NAMES[p]}, {NAMES[meas]} vs {NAMES[o]}": (oriented(arena, "gradient", "l2cosd", p, meas),
                                                                    oriented(arena, "gradient", o, p, meas))
                        for o in E_OTHERS for p, meas in e_cells},
-                caveats=[f"The regulariser's check: {acted_words}."], precondition_failed=void, **e_guard)
+                caveats=[f"The regulariser's check: {acted_words}."]
+                + floor_caveat(arena, [("gradient", m, p, meas) for m in ("l2cosd", *E_OTHERS) for p, meas in e_cells],
+                               NAMES), precondition_failed=void, **e_guard)
 else:
     missing_models("E7.1", PAPER_E, claim_e1, ["l2cosd", "softplus"])
     missing_models("E7.2", PAPER_E, claim_e2, ["l2cosd", "softplus"])
@@ -852,13 +920,13 @@ def lead(ranks, **where) -> tuple[list[str], list[str]]:
 passes = cost["passes per image"]
 weak_explainers = sorted(set(attacks_checked.loc[attacks_checked.status == "weak", "explainer"].astype(str)))
 # the rankings pooled over models, among the explainers that explain every model (the same models in every mean)
-robust_all = rank_table(pooled(arena, AIMED, ["topk_intersection"], over_models=True, complete=True),
-                        column="beyond", rounds=rank_rounds, seed=seed)
+robust_all = rank_table(pooled(arena, AIMED, ["topk_intersection"], over_models=True, beyond=False, complete=True,
+                               label="what the aimed attacks leave"), rounds=rank_rounds, seed=seed)
 deletion_all = rank_table(pooled(arena, ["none"], ["deletion_auc"], over_models=True, beyond=False, complete=True,
                                  label="none"), rounds=rank_rounds, seed=seed)
 partial = [e for e in EXPLAINERS if e in robust.index and e not in set(robust_all.explainer)]
 needs = [
-    ("Maps that survive attacks (top-k intersection beyond random noise, every attack aimed at the map, every model)",
+    ("Maps that survive attacks (the top-k intersection the attacks aimed at the map leave, every model)",
      lead(robust_all)),
     ("Maps the model's output follows (deletion AUC, models pooled)", lead(deletion_all)),
     ("Maps that point at the object (pointing game on the synthetic shapes)", lead(local_ranks, measure="pointing_game")),
@@ -870,8 +938,10 @@ for need, (best, tied_controls) in needs:
     line = f"- **{need}**: " + (", ".join(f"{NAMES[b]} ({passes[NAMES[b]]:,.0f} pass{'es' * (round(passes[NAMES[b]]) != 1)} per "
                                          "image)" for b in best) or "no method")
     if tied_controls:
-        line += (f"; but the {names(tied_controls)} {'reaches' if len(tied_controls) == 1 else 'reach'} the same rank, so "
-                 "this yardstick alone does not tell them from a map without knowledge")
+        line += (f"; but the {names(tied_controls)} {'ranks' if len(tied_controls) == 1 else 'rank'} as high or higher, "
+                 "so this yardstick alone does not tell them from a map without knowledge"
+                 + (" (the random map by construction: nothing moves it)" if "random_map" in tied_controls
+                    and need.startswith("Maps that survive") else ""))
     shaky = [b for b in best if b in weak_explainers] if need.startswith("Maps that survive") else []
     if shaky:
         line += f"; the attacks on {names(shaky)} are not all at full strength, so their place is not evidence"

@@ -119,10 +119,12 @@ def test_goals_are_signed_for_the_reader_and_the_controls_wins_by_construction_a
     assert pooled(rows, ["mass_center"], ["center_shift"])["value"].item() == 2.0
     signed = pooled(rows, ["mass_center"], ["center_shift"], signed=True)
     assert signed["value"].item() == -2.0 and bool(signed["higher_is_better"].item())
-    cases = pd.DataFrame({"control": ["random_map", "random_map", "edge_map", "edge_map", "random_map"],
-                          "measure": ["topk_intersection", "retrieval", "sanity_spearman", "ssim", "center_shift"],
-                          "column": ["beyond", "beyond", "value", "beyond", "beyond"]})
-    assert by_construction(cases).tolist() == [True, False, True, False, True]
+    cases = pd.DataFrame({"control": ["random_map", "random_map", "edge_map", "edge_map", "random_map", "random_map"],
+                          "measure": ["topk_intersection", "retrieval", "sanity_spearman", "ssim", "center_shift",
+                                      "topk_intersection"],
+                          "column": ["beyond", "beyond", "value", "beyond", "beyond", "value"]})
+    # the random map's similarity as the attack leaves it (1: nothing moves it) is as built as its 0 beyond random
+    assert by_construction(cases).tolist() == [True, False, True, False, True, True]
 
 
 def test_the_estimate_speaks_words_and_knows_the_relu_models():

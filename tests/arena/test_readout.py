@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from reliable_saliency.arena import controls_at_or_above, rank_table
-from reliable_saliency.arena.readout import (control_sentences, fooled, leaders, oriented, pooled, rank_cells,
-                                             retrieval_rows, sigma_scores)
+from reliable_saliency.arena.readout import (control_sentences, floor_caveat, floor_shares, fooled, leaders, oriented,
+                                             pooled, rank_cells, retrieval_rows, sigma_scores)
 
 INF, NAN = math.inf, math.nan
 
@@ -46,6 +46,23 @@ def test_oriented_is_beyond_random_and_signed_for_the_explainer():
     gap = long([(0, "g", "m", "pgd", "retrieval", 1, 0, True), (2, "g", "m", "pgd", "retrieval", 1, 0, True)])
     with pytest.raises(ValueError, match="images 0..n-1 once each"):
         oriented(gap, "g", "m", "pgd", "retrieval")
+
+
+def test_a_floored_cell_is_named_with_what_the_attack_leaves():
+    # the gradient's top-k intersection is driven to 0 on 3 of 4 images (one NaN left out); RelEx's on none
+    rows = [(i, "gradient", "m", "topk", "topk_intersection", v, 0.4, True) for i, v in enumerate([0.0, 0.0, 0.0, 0.2])]
+    rows += [(i, "relex", "m", "topk", "topk_intersection", v, 0.7, True) for i, v in enumerate([0.4, 0.5, NAN, 0.0])]
+    rows += [(i, "gradient", "m", "topk", "spearman", -0.2, 0.5, True) for i in range(4)]
+    t = long(rows)
+    cells = [("relex", "m", "topk", "topk_intersection"), ("gradient", "m", "topk", "topk_intersection"),
+             ("gradient", "m", "topk", "spearman")]
+    shares = floor_shares(t, cells)
+    assert set(shares) == set(cells[:2])  # Spearman has no floor an attack reaches
+    assert shares[cells[1]] == pytest.approx((0.75, 0.05)) and shares[cells[0]] == pytest.approx((1 / 3, 0.3))
+    [text] = floor_caveat(t, cells)
+    assert "in 1 of the 2 cells" in text and "(gradient on m under top-k: 75%)" in text and "33%" not in text
+    assert "what the attack leaves, as means: RelEx on m under top-k 0.30, gradient on m under top-k 0.05." in text
+    assert floor_caveat(t, cells, most=0.8) == [] and floor_caveat(t, cells[2:]) == []
 
 
 def test_paper_c_orderings_score_ties_and_infinite_budgets():

@@ -12,6 +12,8 @@ a method in words.
   retrieval on the images PGD misled, as measures of their own;
 - :func:`pooled`: per image, the mean over attacks (and models) of a measure beyond random, so a
   method gets one number per image and the bootstrap still resamples images;
+- :func:`floor_shares`, :func:`floor_caveat`: where an attack drove a measure to its floor, so
+  that "beyond random noise" reads minus the map's stability under noise, not the attack's effect;
 - :func:`rank_cells`, :func:`leaders`, :func:`control_sentences`: tables and words.
 """
 
@@ -22,8 +24,8 @@ import pandas as pd
 
 from .strength import cells_text
 
-__all__ = ["NAMES", "oriented", "fooled", "sigma_scores", "retrieval_rows", "pooled", "rank_cells", "leaders",
-           "control_sentences", "by_construction"]
+__all__ = ["NAMES", "FLOORS", "oriented", "fooled", "sigma_scores", "retrieval_rows", "pooled", "floor_shares",
+           "floor_caveat", "rank_cells", "leaders", "control_sentences", "by_construction"]
 
 # the words a reader knows, for the explainers, models, perturbations and measures of the arena
 NAMES = {
@@ -167,6 +169,45 @@ def pooled(table: pd.DataFrame, perturbations, measures, *, over_models: bool = 
     return out
 
 
+# the measures whose floor an attack can reach: none of the map's top-k pixels kept
+FLOORS = {"topk_intersection": 0.0}
+
+
+def floor_shares(table: pd.DataFrame, cells) -> dict[tuple, tuple[float, float]]:
+    """Per cell ``(explainer, model, perturbation, measure)`` of a measure in :data:`FLOORS`: the
+    share of images (NaN left out) whose value under the perturbation sits at the floor, and the
+    mean value (what the perturbation leaves). Cells of measures without a floor are left out."""
+    out = {}
+    for cell in dict.fromkeys(tuple(map(str, c)) for c in cells):
+        if cell[3] not in FLOORS:
+            continue
+        values = _cell(table, *cell)["value"].dropna().to_numpy(dtype=float)
+        out[cell] = (float(np.mean(values <= FLOORS[cell[3]])) if values.size else np.nan,
+                     float(values.mean()) if values.size else np.nan)
+    return out
+
+
+def floor_caveat(table: pd.DataFrame, cells, names: dict | None = None, most: float = 0.5) -> list[str]:
+    """A claim's caveat (a list of one sentence, or empty) naming the ``cells`` (:func:`floor_shares`)
+    where the measure sits at its floor on at least ``most`` of the images: there, the measure beyond
+    random noise is minus the map's stability under noise, so the map that noise moves more looks
+    more robust; what the attack leaves is said beside it."""
+    names = {**NAMES, **(names or {})}
+    shares = floor_shares(table, cells)
+    hit = {c: v for c, v in shares.items() if np.isfinite(v[0]) and v[0] >= most}
+    if not hit:
+        return []
+    said = "; ".join(f"{names.get(e, e)} on {names.get(m, m)} under {names.get(p, p)}: {share:.0%}"
+                     for (e, m, p, _), (share, _) in hit.items())
+    left = ", ".join(f"{names.get(e, e)} on {names.get(m, m)} under {names.get(p, p)} {mean:.2f}"
+                     for (e, m, p, _), (_, mean) in shares.items())
+    measures = sorted({names.get(c[3], c[3]) for c in hit})
+    return [f"A floor: the attack leaves a {' and '.join(measures)} of 0 on at least {most:.0%} of the images in "
+            f"{len(hit)} of the {len(shares)} cells behind the parts on it ({said}). There the measure beyond random "
+            "noise is minus the map's stability under noise, not what the attack did, and a map that noise already "
+            f"moves looks robust; what the attack leaves, as means: {left}."]
+
+
 def rank_cells(ranks: pd.DataFrame, *, rows=("explainer",), column: str = "model", names: dict | None = None,
                digits: int = 2, order=None) -> pd.DataFrame:
     """A :func:`.ranking.rank_table` as a reader's table: one row per ``rows``, one column per
@@ -248,10 +289,10 @@ _STILL = ("topk_intersection", "spearman", "ssim", "center_shift", "region_mass"
 
 def by_construction(cases: pd.DataFrame) -> np.ndarray:
     """Per case of :func:`.ranking.controls_at_or_above`, whether the control's place follows from
-    how it is built rather than from the method: the random map on a stability or map goal beyond
-    random noise (0 by construction: nothing moves it) and the random and edge maps in the
-    model-randomisation check (1 by construction: they ignore the model)."""
+    how it is built rather than from the method: the random map on a stability or map goal (beyond
+    random noise 0, as left by the attack perfect: nothing moves it) and the random and edge maps in
+    the model-randomisation check (1 by construction: they ignore the model)."""
     control, measure = cases["control"].astype(str), cases["measure"].astype(str)
-    still = (control == "random_map") & measure.isin(_STILL) & (cases["column"].astype(str) == "beyond")
+    still = (control == "random_map") & measure.isin(_STILL)
     sanity = control.isin(["random_map", "edge_map"]) & (measure == "sanity_spearman")
     return (still | sanity).to_numpy()
