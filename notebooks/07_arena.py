@@ -345,7 +345,8 @@ bar.ax.tick_params(labelsize=9)
 ch.figure(fig, "Stability beyond random noise per explainer (row) and attack (column), the mean over images and "
                "models (blue: the map moved less than under noise, red: more; LRP-epsilon on the ReLU models only). A "
                "circle marks a cell whose attack is not at full strength on at least one model: its colour is no "
-               "evidence of robustness.")
+               "evidence of robustness. Where an attack leaves a map's top-k intersection at 0, its top-k cell reads "
+               "minus the map's stability under noise, not the attack's effect (next: what the attacks leave).")
 
 goal_ranks = []
 for perturbation in AIMED:
