@@ -4,8 +4,8 @@ Listed in ``_config.yml`` (``sphinx: extra_extensions``). At each build it reads
 ``<book>/claims/*.json`` (written by the executed chapters) and writes ``<book>/verdicts.md``
 before Sphinx reads any page, so the page is never edited by hand and always matches the claims
 the chapters produced. It opens with one card per paper (the chapter's bottom line, its
-verdict counts and the arena's re-tests of the paper's claims), then the book's own checks apart, then every claim as a card with its forest
-plot, under a stable anchor (``#claim-a2-1``).
+verdict counts and the arena's re-tests of the paper's claims), then the book's own checks
+apart, then every claim as a card with its forest plot, under a stable anchor (``#claim-a2-1``).
 """
 
 from __future__ import annotations
