@@ -72,8 +72,8 @@ from IPython.display import Markdown, display
 from reliable_saliency.arena import (ATTACKS, CONTROL_NAMES, EXPLAINERS, PROFILES, arena_settings,
                                      controls_at_or_above, estimate, estimate_text, rank_table, run_arena)
 from reliable_saliency.arena.harness import cifar_images, load_models
-from reliable_saliency.arena.readout import (NAMES, by_construction, control_sentences, floor_caveat, fooled, leaders,
-                                             oriented, pooled, rank_cells, retrieval_rows, sigma_scores)
+from reliable_saliency.arena.readout import (FLOORS, NAMES, by_construction, control_sentences, floor_caveat, fooled,
+                                             leaders, oriented, pooled, rank_cells, retrieval_rows, sigma_scores)
 from reliable_saliency.arena.storekey import store_key
 from reliable_saliency.arena.strength import PRIMARY, RULES, full_strength, guard, strength_table, weak_sentences
 from reliable_saliency.chapter import kit
@@ -380,7 +380,8 @@ left_ranks = rank_table(pooled(arena, AIMED, ["topk_intersection"], over_models=
                                label="what the aimed attacks leave"), rounds=rank_rounds, seed=seed)
 left_table = pd.DataFrame({
     "under random noise": by_explainer["baseline"].mean(), "under the aimed attacks": by_explainer["value"].mean(),
-    "at 0 under the attacks": by_explainer["value"].apply(lambda v: float((v.dropna() <= 0).mean()))})
+    "at 0 under the attacks": by_explainer["value"].apply(
+        lambda v: float((v.dropna() <= FLOORS["topk_intersection"]).mean()))})
 left_table["beyond random noise"] = left_table["under the aimed attacks"] - left_table["under random noise"]
 left_table["as left: #rank (interval)"] = rank_cells(left_ranks, column="measure")["top-k intersection"].rename(
     index={v: k for k, v in NAMES.items()})
