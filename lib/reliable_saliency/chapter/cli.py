@@ -4,6 +4,10 @@
     reliable-saliency run 02_relex --help
     reliable-saliency run 02_relex --profile book -p main_images 500 -p device cuda
     reliable-saliency run 02_relex --profile paper --workers 4     # torchrun, 4 workers on this machine
+    reliable-saliency pack-results 07_arena --key arena-a7f0a7a3afe6 --note "..."
+
+``run`` first unpacks the chapter's shipped results (``book/results``, :mod:`.shipped_results`)
+into the cache; ``pack-results`` packs a store's finished shards there.
 
 From a checkout, ``./reliable-saliency`` runs it with the project's environment and ``lib/``;
 ``pip install -e .`` installs the same command. Parameters are checked against the chapter's
@@ -20,6 +24,7 @@ from pathlib import Path
 
 from ..core.experiment import PROFILES
 from .parameters import ParameterError, check_overrides, read_parameters
+from .shipped_results import SHIPPED_RESULTS, ShippedResultsError, pack_results, unpack_results
 
 __all__ = ["main", "find_chapter", "chapter_sources"]
 
@@ -82,6 +87,11 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
                         help="folder of the chapter sources (default: this checkout's notebooks/)")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="the chapters and their titles")
+    pack = commands.add_parser("pack-results", help="pack a chapter's finished result shards into book/results")
+    pack.add_argument("chapter", help="file stem, number or part of the name, e.g. 07_arena, 7, arena")
+    pack.add_argument("--key", required=True, help="the store's folder under the cache's results/<chapter>/ "
+                                                   "(the arena: arena.storekey.store_key())")
+    pack.add_argument("--note", default="", help="how the shards were computed (command, machine, time)")
     run = commands.add_parser("run", add_help=False, allow_abbrev=False,
                               help="execute a chapter (run NAME --help: its parameters)")
     run.add_argument("chapter", nargs="?", help="file stem, number or part of the name, e.g. 02_relex, 2, relex")
@@ -102,6 +112,13 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     return parser, run
 
 
+def _unpack_shipped(stem: str) -> None:
+    written = unpack_results(stem)
+    if written:
+        print(f"reliable-saliency: {written} result shards of {stem} unpacked from {SHIPPED_RESULTS / stem} into the "
+              f"cache (the store reads them back; missing ones are computed)", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser, run_parser = _parser()
     args = parser.parse_args(argv)
@@ -109,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "list":
             for source in chapter_sources(args.notebooks):
                 print(f"{source.stem:<28} {_title(source)}")
+            return 0
+        if args.command == "pack-results":
+            stem = find_chapter(args.chapter, args.notebooks).stem
+            archive = pack_results(stem, args.key, note=args.note)
+            print(f"packed {archive} ({archive.stat().st_size / 2**20:.1f} MiB; sidecar {archive.name[:-7]}.json)")
             return 0
         if args.help or args.chapter is None:
             run_parser.print_help()
@@ -130,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.workers > 1 and world is not None and world != str(args.workers):
             raise ParameterError(f"--workers {args.workers} inside a torchrun group of {world} workers: leave out "
                                  f"--workers when torchrun starts the workers (its --nproc-per-node sets them)")
+        _unpack_shipped(source.stem)  # by every worker too: each has the shards before its store lists them
         if args.workers > 1 and world is None:  # start the workers; each runs this command
             _paired_notebook(source)  # once, before the workers read it
             rest = list(argv if argv is not None else sys.argv[1:])
@@ -148,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                                  f"and claims/)")
         execute_chapter(_paired_notebook(source), args.output / "chapters", args.profile, overrides,
                         if_changed=args.if_changed)
-    except (ParameterError, FileNotFoundError) as error:
+    except (ParameterError, FileNotFoundError, ShippedResultsError) as error:
         print(f"reliable-saliency: error: {error}", file=sys.stderr)
         return 2
     return 0
