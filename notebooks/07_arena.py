@@ -239,8 +239,9 @@ display(Markdown(
     f"{len(MODELS)} models ({names(MODELS)}) x {arena.perturbation.nunique() - 1} perturbations, plus {n_shapes} synthetic "
     f"shapes images for localisation. This execution spent {arena_minutes:.1f} minutes on it and computed "
     f"{computed:,} shards of images with {workers.world_size()} worker{'s' * (workers.world_size() > 1)}; any other "
-    "shard was read back from the store, where an earlier execution had left it (the estimate above is what a whole "
-    "run costs; the README gives the time measured at `book`)."))
+    "shard was read back from the store, where an earlier execution had left it or the book's shipped results "
+    "(`book/results`) had put it (the estimate above is what a whole run costs; the README gives the time measured "
+    "at `book`)."))
 
 # %% [markdown]
 # ## How strong were the attacks?
