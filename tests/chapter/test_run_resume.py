@@ -102,3 +102,23 @@ def test_a_chapter_that_prints_to_stderr_is_not_published(chapter, monkeypatch):
     with pytest.raises(RuntimeError, match=r"cells \[0\] show a figure without number or caption"):
         run.execute_chapter(notebook, out, "smoke", {"images": "3"})
     assert not (out / notebook.name).exists()
+
+
+def test_shipped_results_are_unpacked_before_executing_and_not_for_a_kept_chapter(chapter, tmp_path, monkeypatch):
+    import torch
+
+    from reliable_saliency.chapter.shipped_results import pack_results
+
+    notebook, out, calls = chapter
+    shard = tmp_path / "made" / "results" / "07_small" / "run-key" / "step-abc" / "shard-00000-of-00001.pt"
+    shard.parent.mkdir(parents=True)
+    torch.save({"value": torch.ones(2)}, shard)
+    pack_results("07_small", "run-key", cache=tmp_path / "made", ship=tmp_path / "ship")
+    monkeypatch.setattr(run, "SHIPPED_RESULTS", tmp_path / "ship")
+    monkeypatch.setenv("RELIABLE_SALIENCY_CACHE", str(tmp_path / "cache"))
+    unpacked = tmp_path / "cache" / "results" / "07_small" / "run-key" / "step-abc" / shard.name
+    run.execute_chapter(notebook, out, "smoke", {}, if_changed=True)
+    assert len(calls) == 1 and unpacked.read_bytes() == shard.read_bytes()
+    unpacked.unlink()
+    run.execute_chapter(notebook, out, "smoke", {}, if_changed=True)
+    assert len(calls) == 1 and not unpacked.exists()  # up to date: nothing executed, nothing unpacked

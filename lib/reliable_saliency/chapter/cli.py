@@ -6,8 +6,8 @@
     reliable-saliency run 02_relex --profile paper --workers 4     # torchrun, 4 workers on this machine
     reliable-saliency pack-results 07_arena --key arena-a7f0a7a3afe6 --note "..."
 
-``run`` first unpacks the chapter's shipped results (``book/results``, :mod:`.shipped_results`)
-into the cache; ``pack-results`` packs a store's finished shards there.
+``run`` unpacks the chapter's shipped results (``book/results``, :mod:`.shipped_results`) into the
+cache before it executes the chapter; ``pack-results`` packs a store's finished shards there.
 
 From a checkout, ``./reliable-saliency`` runs it with the project's environment and ``lib/``;
 ``pip install -e .`` installs the same command. Parameters are checked against the chapter's
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..core.experiment import PROFILES
 from .parameters import ParameterError, check_overrides, read_parameters
-from .shipped_results import SHIPPED_RESULTS, ShippedResultsError, pack_results, unpack_results
+from .shipped_results import ShippedResultsError, pack_results
 
 __all__ = ["main", "find_chapter", "chapter_sources"]
 
@@ -112,13 +112,6 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     return parser, run
 
 
-def _unpack_shipped(stem: str) -> None:
-    written = unpack_results(stem)
-    if written:
-        print(f"reliable-saliency: {written} result shards of {stem} unpacked from {SHIPPED_RESULTS / stem} into the "
-              f"cache (the store reads them back; missing ones are computed)", flush=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser, run_parser = _parser()
     args = parser.parse_args(argv)
@@ -152,7 +145,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.workers > 1 and world is not None and world != str(args.workers):
             raise ParameterError(f"--workers {args.workers} inside a torchrun group of {world} workers: leave out "
                                  f"--workers when torchrun starts the workers (its --nproc-per-node sets them)")
-        _unpack_shipped(source.stem)  # by every worker too: each has the shards before its store lists them
         if args.workers > 1 and world is None:  # start the workers; each runs this command
             _paired_notebook(source)  # once, before the workers read it
             rest = list(argv if argv is not None else sys.argv[1:])

@@ -24,6 +24,7 @@ from pathlib import Path
 from ..claims import CLAIMS_DIR_ENV
 from .parameters import ParameterError, check_overrides, read_parameters
 from .rerun import RERUN_COMMAND_ENV, RUN_KEY_ENV
+from .shipped_results import SHIPPED_RESULTS, ShippedResultsError, unpack_results
 from ..core.experiment import PROFILES, atomic_write, library_hash
 
 __all__ = ["main", "execute_chapter", "run_key", "checkpoints_hash", "recorded_run_key", "claims_dir_for", "count_figures", "publishable"]
@@ -144,7 +145,8 @@ def execute_chapter(notebook: Path, output_dir: Path, profile: str = "smoke",
     """Check ``overrides`` (parameter name -> command-line text) against the chapter's parameters
     cell, then execute ``notebook`` at ``profile`` into ``output_dir`` (written on success only).
     With ``if_changed``, a chapter already executed with the same :func:`run_key` is kept as it is
-    (``make book`` after an interruption redoes only what changed)."""
+    (``make book`` after an interruption redoes only what changed). Before executing, the chapter's
+    shipped results are unpacked into the cache (:mod:`.shipped_results`)."""
     notebook, output_dir = Path(notebook), Path(output_dir)
     if not notebook.exists():
         raise FileNotFoundError(f"{notebook} does not exist (run `make notebooks` to create the paired .ipynb)")
@@ -161,6 +163,10 @@ def execute_chapter(notebook: Path, output_dir: Path, profile: str = "smoke",
     if if_changed and recorded_run_key(output) == key:
         print(f"{output} is up to date (run key {key}: same source, library, profile and parameters)", flush=True)
         return output
+    unpacked = unpack_results(notebook.stem, ship=SHIPPED_RESULTS)  # by every worker: each has the shards before its store lists them
+    if unpacked:
+        print(f"{unpacked} result shards of {notebook.stem} unpacked from {SHIPPED_RESULTS / notebook.stem} into the "
+              f"cache (the store reads them back and computes what is missing)", flush=True)
     os.environ[RUN_KEY_ENV] = key  # shown in the chapter's provenance box; names the result store's folder
     worker = int(os.environ.get("RANK", "0"))  # under torchrun: worker 0 alone writes the chapter and its claims
     if worker != 0:
@@ -216,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         execute_chapter(args.notebook, args.output_dir, args.profile, dict(args.parameter))
-    except (ParameterError, FileNotFoundError) as error:
+    except (ParameterError, FileNotFoundError, ShippedResultsError) as error:
         parser.error(str(error))
     return 0
 
