@@ -956,7 +956,7 @@ ss_default = SS["top-k"]["DANCE(gradient)"][:nk]
 base_agreement = spearman(default["clean"], paper["clean"]["gradient"][:nk]).cpu()
 knob_rows, knob_parts = [], {}
 knob_rows.append({"variant": "book setting", "images": nk, "decoys / image": 2 * P, "satisfied": 1.0, "Spearman": 1.0,
-                  "top-k agreement": 1.0, "SF": sf_default.mean().item(), "SS top-k": ss_default.mean().item()})
+                  "top-k agreement": 1.0, "SF": sf_default.mean().item(), "SS top-k": ss_default.nanmean().item()})
 for variant, change in VARIANTS.items():
     n_v = S.dense_images if change.get("stride") == S.dense_strides[-1] else nk
     options = {**DECOYS, **change}
@@ -979,20 +979,24 @@ for variant, change in VARIANTS.items():
     ss = saliency_sensitivity(z["clean"], z["attacked"], x01[:n_v], xk_adv01[:n_v]).cpu()
     knob_rows.append({"variant": variant, "images": n_v, "decoys / image": int(got["clean decoys"][0]),
                       "satisfied": got["clean satisfied"].mean().item(), "Spearman": agreement.mean().item(),
-                      "top-k agreement": top_agree.mean().item(), "SF": sf.mean().item(), "SS top-k": ss.mean().item()})
-    tol_sf, tol_ss = 0.1 * abs(sf_default.mean().item()), 0.1 * ss_default.mean().item()
+                      "top-k agreement": top_agree.mean().item(), "SF": sf.mean().item(), "SS top-k": ss.nanmean().item()})
+    tol_sf, tol_ss = 0.1 * abs(sf_default.mean().item()), 0.1 * ss_default.nanmean().item()
     knob_parts[f"{variant}: agreement beyond the base"] = (agreement, base_agreement[:n_v])
     knob_parts[f"{variant}: SF not 10% higher"] = (sf_default[:n_v] + tol_sf, sf)
     knob_parts[f"{variant}: SF not 10% lower"] = (sf, sf_default[:n_v] - tol_sf)
     knob_parts[f"{variant}: SS not 10% higher"] = (ss_default[:n_v] + tol_ss, ss)
     knob_parts[f"{variant}: SS not 10% lower"] = (ss, ss_default[:n_v] - tol_ss)
 section_seconds["knobs"] = time.perf_counter() - started
+unmoved = int(ss_default.isnan().sum())  # SS is undefined where the attack left the image unchanged
+ss_scope = (f" SS over the {nk - unmoved} of {nk} images the top-k attack moved (an image it left unchanged has no SS: "
+            "its change per unit of input change is 0 / 0)." if unmoved else "")
 ch.table(pd.DataFrame(knob_rows).set_index("variant"),
          f"DANCE(gradient) with one knob changed, first {nk} images (stride {S.dense_strides[-1]}: first {S.dense_images}), "
          f"means over images: agreement with the book setting's map (Spearman; top-k agreement, chance "
          f"{K / (H * H):.2f}), SF, and SS under the top-k attack. For scale: the book setting's map agrees with the raw "
          f"gradient's at Spearman {base_agreement.mean():.2f}; the raw gradient's SS there is "
-         f"{SS['top-k']['gradient'][:nk].mean():.2f}, its blur's {SS['top-k']['blur(gradient)'][:nk].mean():.2f}.",
+         f"{SS['top-k']['gradient'][:nk].nanmean():.2f}, its blur's {SS['top-k']['blur(gradient)'][:nk].nanmean():.2f}."
+         + ss_scope,
          formats={"satisfied": "{:.0%}", "images": "{:.0f}", "decoys / image": "{:.0f}"})
 ledger.test("B3.10", nan="omit", paper=PAPER,
             claim="[claim 4] DANCE is insensitive to patch size, layer and initial multiplier (here: and to the patch "
