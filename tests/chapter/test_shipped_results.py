@@ -29,8 +29,8 @@ def test_round_trip_is_read_back_by_the_store_without_computing(tmp_path):
     calls = []
     _, first = _computed_store(tmp_path / "cache_a", calls)
     assert len(calls) == 3
-    archive = pack_results("07_arena", KEY, cache=tmp_path / "cache_a", ship=tmp_path / "ship", note="test run")
-    meta = json.loads((archive.parent / f"{KEY}.json").read_text())
+    sidecar = pack_results("07_arena", KEY, cache=tmp_path / "cache_a", ship=tmp_path / "ship", note="test run")
+    meta = json.loads(sidecar.read_text())
     assert (meta["shards"], meta["steps"], meta["note"]) == (3, 1, "test run")
     assert unpack_results("07_arena", cache=tmp_path / "cache_b", ship=tmp_path / "ship") == 3
     calls.clear()
@@ -42,9 +42,11 @@ def test_round_trip_is_read_back_by_the_store_without_computing(tmp_path):
 def test_partial_store_resumes_and_same_shards_give_the_same_archive(tmp_path):
     calls = []
     _computed_store(tmp_path / "cache", calls)
-    one = pack_results("07_arena", KEY, cache=tmp_path / "cache", ship=tmp_path / "ship").read_bytes()
-    two = pack_results("07_arena", KEY, cache=tmp_path / "cache", ship=tmp_path / "ship").read_bytes()
-    assert one == two
+    pack_results("07_arena", KEY, cache=tmp_path / "cache", ship=tmp_path / "ship")
+    archive = next((tmp_path / "ship" / "07_arena" / KEY).glob("pair-natural-gradient-*.tar.xz"))
+    one = archive.read_bytes()
+    pack_results("07_arena", KEY, cache=tmp_path / "cache", ship=tmp_path / "ship")
+    assert one == archive.read_bytes()
     shard = next((tmp_path / "cache").rglob("shard-00001-of-00003.pt"))
     shard.unlink()  # a run stopped before this shard: the next one computes it alone
     pack_results("07_arena", KEY, cache=tmp_path / "cache", ship=tmp_path / "ship")
@@ -59,12 +61,13 @@ def test_a_new_key_replaces_the_old_archive(tmp_path):
     pack_results("07_arena", KEY, cache=tmp_path / "cache", ship=tmp_path / "ship")
     (tmp_path / "cache" / "results" / "07_arena" / KEY).rename(tmp_path / "cache" / "results" / "07_arena" / "arena-new")
     pack_results("07_arena", "arena-new", cache=tmp_path / "cache", ship=tmp_path / "ship")
-    assert sorted(p.name for p in (tmp_path / "ship" / "07_arena").iterdir()) == ["arena-new.json", "arena-new.tar.xz"]
+    assert sorted(p.name for p in (tmp_path / "ship" / "07_arena").iterdir()) == ["arena-new", "arena-new.json"]
 
 
 def test_a_changed_archive_is_refused(tmp_path):
     _computed_store(tmp_path / "cache", [])
-    archive = pack_results("07_arena", KEY, cache=tmp_path / "cache", ship=tmp_path / "ship")
+    pack_results("07_arena", KEY, cache=tmp_path / "cache", ship=tmp_path / "ship")
+    archive = next((tmp_path / "ship" / "07_arena" / KEY).glob("*.tar.xz"))
     archive.write_bytes(archive.read_bytes()[:-1] + b"x")
     with pytest.raises(ShippedResultsError, match="does not match the sha256"):
         unpack_results("07_arena", cache=tmp_path / "fresh", ship=tmp_path / "ship")
@@ -72,11 +75,12 @@ def test_a_changed_archive_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("name", [f"{KEY}/../../evil.pt", f"{KEY}/step/notes.txt", f"{KEY}/../shard-00000-of-00001.pt",
+                                  f"{KEY}/other-step/shard-00000-of-00001.pt",
                                   "arena-other/step/shard-00000-of-00001.pt"])
 def test_a_member_outside_the_store_layout_is_refused_before_anything_is_written(tmp_path, name):
     folder = tmp_path / "ship" / "07_arena"
-    folder.mkdir(parents=True)
-    archive = folder / f"{KEY}.tar.xz"
+    (folder / KEY).mkdir(parents=True)
+    archive = folder / KEY / "step.tar.xz"
     with tarfile.open(archive, "w:xz") as tar:
         good = tarfile.TarInfo(f"{KEY}/step/shard-00000-of-00001.pt")
         good.size = 1
@@ -86,8 +90,8 @@ def test_a_member_outside_the_store_layout_is_refused_before_anything_is_written
         tar.addfile(bad, io.BytesIO(b"x"))
     from reliable_saliency.chapter.shipped_results import _sha256
 
-    (folder / f"{KEY}.json").write_text(json.dumps({"chapter": "07_arena", "key": KEY, "sha256": _sha256(archive)}))
-    with pytest.raises(ShippedResultsError, match="not a shard of store"):
+    (folder / f"{KEY}.json").write_text(json.dumps({"chapter": "07_arena", "key": KEY, "sha256": {"step": _sha256(archive)}}))
+    with pytest.raises(ShippedResultsError, match="not a shard of step"):
         unpack_results("07_arena", cache=tmp_path / "cache", ship=tmp_path / "ship")
     assert not (tmp_path / "cache").exists()
 

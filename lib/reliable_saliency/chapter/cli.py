@@ -122,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "pack-results":
             stem = find_chapter(args.chapter, args.notebooks).stem
-            archive = pack_results(stem, args.key, note=args.note)
-            print(f"packed {archive} ({archive.stat().st_size / 2**20:.1f} MiB; sidecar {archive.name[:-7]}.json)")
+            sidecar = pack_results(stem, args.key, note=args.note)
+            sizes = sum(p.stat().st_size for p in sidecar.with_suffix("").glob("*.tar.xz"))
+            print(f"packed {sidecar.with_suffix('')}/ ({sizes / 2**20:.1f} MiB, one archive per step; sidecar {sidecar.name})")
             return 0
         if args.help or args.chapter is None:
             run_parser.print_help()
