@@ -92,6 +92,7 @@ import dataclasses
 import os
 import time
 import warnings
+from copy import deepcopy
 from functools import partial
 from dataclasses import replace
 from types import SimpleNamespace
@@ -755,15 +756,27 @@ display(Markdown(ledger.line("B3.6")))
 #
 # **Theorem 1.** With the gradient as base and small decoys, $E(\tilde x^k) \approx g + H d_k$, so
 # $Z_i \approx \max_k (H d_k)_i - \min_k (H d_k)_i$: the range is the Hessian acting within the
-# patch. Checked with Hessian-vector products (one per decoy, all decoys on the batch axis) on the
-# book's **Softplus(3) LeNet** (chapter 6's cross-entropy model, the only trained network here
-# with a Hessian), shrinking the decoys by a factor $a$ from 1 to 0.001: the relative error should
-# fall at least linearly in $a$ (a first-order statement), and for the theorem to describe what
-# DANCE computes it should be small at $a = 1$, the decoys' own size. A tiny Softplus CNN with
-# random weights is the check of the check (the test must pass where the theorem's assumptions hold
-# exactly). The **ReLU LeNet** that every other claim uses has a Hessian that is zero almost
-# everywhere (piecewise linear), so there Theorem 1 predicts a zero range: whatever DANCE shows on
-# it comes from decoys that cross activation boundaries, not from the Hessian term.
+# patch. Checked with Hessian-vector products (one per decoy, all decoys on the batch axis),
+# shrinking the decoys by a factor $a$ from 1 to 0.001. It is read two ways, each a claim:
+#
+# - **As a theorem** (B3.9): for a twice-differentiable network the relative error must fall at
+#   least linearly in $a$ (a first-order statement). The book's **Softplus(3) LeNet** (chapter 6's
+#   cross-entropy model, the only trained network here with a Hessian) max-pools, and a max-pool
+#   is not differentiable where two inputs of a window tie, so the theorem is checked on copies of
+#   it whose max-pools are replaced by a smooth one (the softmax-weighted mean of each 2 x 2
+#   window at temperature $T$; the smaller $T$, the nearer the max-pool: their agreement with the
+#   trained model's predictions is shown), on all three of $T$ = 1, 0.1, 0.03. A tiny Softplus CNN
+#   with random weights is the check of the check (the test must pass where the theorem's
+#   assumptions hold exactly).
+# - **As an explanation of the maps DANCE computes** (B3.12): at $a = 1$, the decoys' own size, on
+#   the networks DANCE is run on, the Hessian term should describe the measured range: the
+#   Softplus(3) LeNet as trained (max-pools), and the **ReLU LeNet** that every other claim uses,
+#   whose Hessian is zero almost everywhere (piecewise linear), so that there Theorem 1 predicts a
+#   zero range: whatever DANCE shows on it comes from decoys that cross activation boundaries.
+#
+# The first version of this chapter judged the theorem itself on the max-pool model and found it
+# did not hold; the error there grows as the decoys shrink, which is the max-pool's ties, not the
+# theorem (a referee's reading; the max-pool numbers stay in the table).
 
 # %%
 started = time.perf_counter()
@@ -815,6 +828,31 @@ def smooth_cnn():
                          nn.Linear(8 * (H // 2) ** 2, 10)).to(run_device).double().eval()
 
 
+class SmoothMaxPool(nn.Module):
+    """A twice-differentiable stand-in for a 2 x 2 max-pool: the softmax-weighted mean of each window at
+    ``temperature`` (the max-pool as it goes to 0)."""
+
+    def __init__(self, temperature: float):
+        super().__init__()
+        self.temperature = temperature
+
+    def forward(self, z):
+        windows = z.unfold(2, 2, 2).unfold(3, 2, 2).flatten(-2)
+        return (torch.softmax(windows / self.temperature, dim=-1) * windows).sum(-1)
+
+
+def smooth_pooled(model, temperature):
+    """A copy of ``model`` with every max-pool replaced by :class:`SmoothMaxPool` (same weights)."""
+    smooth = deepcopy(model)
+    for name, module in list(smooth.named_modules()):
+        if isinstance(module, nn.MaxPool2d):
+            if module.kernel_size not in (2, (2, 2)) or module.stride not in (2, (2, 2)):
+                raise ValueError(f"smooth_pooled handles 2 x 2 max-pools of stride 2, not {module}")
+            parent, _, child = name.rpartition(".")
+            setattr(smooth.get_submodule(parent), child, SmoothMaxPool(temperature))
+    return smooth
+
+
 def theorem_check(model, xs, ys, layer, scales=(1.0, 0.1, 0.01, 0.001)):
     """Relative error of the first-order prediction max_k (H d_k) - min_k (H d_k) of the gradient's range."""
     decoys = make_decoys(model, xs, layer=layer, patch=patch, stride=S.stride, eps=decoy_eps, tau=tau,
@@ -838,8 +876,16 @@ def theorem_check(model, xs, ys, layer, scales=(1.0, 0.1, 0.01, 0.001)):
 
 sp3 = zoo.load_model("lenet_sp3_ce", settings.name, device=run_device, progress=False).double()
 nt = min(N, 4)
-TRAINED, TINY = "Softplus(3) LeNet (trained)", "tiny Softplus CNN (random weights)"
+TRAINED, TINY = "Softplus(3) LeNet (trained, max-pools)", "tiny Softplus CNN (random weights)"
+TEMPERATURES = (1.0, 0.1, 0.03)
+SMOOTH = {t: f"Softplus(3) LeNet, smooth max-pools T = {t:g}" for t in TEMPERATURES}
+with torch.no_grad():  # how close each smooth copy is to the trained model: prediction agreement on the main images
+    sp3_labels = sp3(x.double()).argmax(1)
+    agreement = {t: (smooth_pooled(sp3, t)(x.double()).argmax(1) == sp3_labels).double().mean().item()
+                 for t in TEMPERATURES}
 theorem = pd.concat([theorem_check(sp3, x[:nt].double(), y[:nt], decoy_layer).assign(model=TRAINED),
+                     *(theorem_check(smooth_pooled(sp3, t), x[:nt].double(), y[:nt], decoy_layer).assign(model=SMOOTH[t])
+                       for t in TEMPERATURES),
                      theorem_check(smooth_cnn(), x[:nt].double(), y[:nt], "4").assign(model=TINY)])
 ties = []  # max-pool windows of the trained LeNet whose two largest inputs are exactly equal (flat image regions)
 hooks = [module.register_forward_hook(lambda module, args, out: ties.append(
@@ -854,6 +900,8 @@ relu_direction = clean_decoys.images(x, torch.arange(2 * P * nt, device=run_devi
 relu_hessian = hessian_vector_product(natural, x[:nt].repeat_interleave(2 * P, 0), y[:nt].repeat_interleave(2 * P),
                                       relu_direction).detach().abs().max().item()
 relu_range = paper["clean"]["DANCE(gradient)"][:nt].amax().item()
+relu_error = theorem_check(deepcopy(natural).double(), x[:nt].double(), y[:nt], decoy_layer,
+                           scales=(1.0,))["relative error (median)"].iloc[0]
 # the limit: log-log slope of the median error over the two smallest scales; the decoys' own size: a = 1
 slopes = {m: np.polyfit(np.log(g["scale a"].iloc[-2:]), np.log(g["relative error (median)"].iloc[-2:]), 1)[0]
           for m, g in theorem.groupby("model")}
@@ -862,14 +910,17 @@ section_seconds["controls and Theorem 1"] = time.perf_counter() - started
 ch.table(theorem.set_index(["model", "scale a"]),
          f"Theorem 1 on {nt} images in float64: the relative error of the Hessian term against the measured range as "
          "the decoys shrink by a (median and largest over images). Log-log slope of the median between the two smallest "
-         "scales: " + "; ".join(f"{m}: {slopes[m]:.2f}, error at a = 1: {at_size[m]:.2f}" for m in slopes) + ".",
+         "scales: " + "; ".join(f"{m}: {slopes[m]:.2f}, error at a = 1: {at_size[m]:.2f}" for m in slopes) + ". The "
+         f"smooth copies agree with the trained model's prediction on " + ", ".join(
+             f"{agreement[t]:.0%} (T = {t:g})" for t in TEMPERATURES) + f" of the {N} main images.",
          formats={"relative error (median)": "{:.2e}", "relative error (max)": "{:.2e}"})
 display(Markdown(
     f"The trained Softplus LeNet max-pools: {tie_share:.1%} of its pooling windows on these images hold an exact tie (flat "
-    "image regions give equal activations), where the gradient jumps under any perturbation, however small; the theorem "
-    f"assumes a twice-differentiable network, the tiny CNN average-pools. On the **ReLU LeNet**, the largest entry of "
-    f"H d_k over the {2 * P * nt} decoys of these images is {relu_hessian:.1e}, while its DANCE maps are not flat: the "
-    "Hessian term of Theorem 1 describes none of them."))
+    "image regions give equal activations), where the gradient jumps under any perturbation, however small, so its error "
+    "does not fall as the decoys shrink; the theorem assumes a twice-differentiable network, as the tiny CNN (average "
+    f"pools) and the smooth copies are. On the **ReLU LeNet**, the largest entry of H d_k over the {2 * P * nt} decoys of "
+    f"these images is {relu_hessian:.1e}, while its DANCE maps are not flat: the Hessian term of Theorem 1 describes none "
+    "of them."))
 
 # %%
 ledger.record("B3.7", paper=PAPER, verdict="holds" if controls["linear"] < 1e-6 else "does not hold",
@@ -892,27 +943,45 @@ ledger.record("B3.8", paper=PAPER, verdict="holds" if fair["gradient"] < 1 < fai
                       f"eps {decoy_eps} at the tanh",
               caveats=["The first version compared against a linear weak feature, which the decoy range scores zero by "
                        "construction, at tau 1; that setting is kept in the numbers for comparison."])
-trained_holds = slopes[TRAINED] >= 0.9 and at_size[TRAINED] <= 0.5
-check_works = slopes[TINY] >= 0.9 and at_size[TINY] <= 0.5
+FIRST_ORDER, DESCRIBES = 0.9, 0.5  # the slope a first-order statement needs; the error at which the term describes
+check_works = slopes[TINY] >= FIRST_ORDER and at_size[TINY] <= DESCRIBES
+smooth_holds = all(slopes[SMOOTH[t]] >= FIRST_ORDER for t in TEMPERATURES)
+theorem_setting = f"{nt} images, float64, patch {patch}, stride {S.stride}, Hessian-vector products by double backward"
 ledger.record("B3.9", paper=PAPER, verdict=("inconclusive" if not check_works else
-                                            "holds" if trained_holds else "does not hold"),
+                                            "holds" if smooth_holds else "does not hold"),
               claim="[claim 3, Theorem 1] With the gradient as base, the decoy range is the Hessian term within the "
-                    "patch (to first order).",
+                    "patch (to first order), for a twice-differentiable network.",
               measured="relative error of max_k (H d_k) - min_k (H d_k) against the measured range, as the decoys "
                        "shrink by a",
-              reason="judged on the trained Softplus(3) LeNet: holds if the median relative error falls at least "
-                     "linearly as a -> 0 (log-log slope >= 0.9 over the two smallest scales: the theorem's first-order "
-                     "statement) and is at most 0.5 at the decoys' own size (a = 1: the Hessian term describes the range "
-                     "DANCE computes); the same test on a tiny Softplus CNN must pass, or the check itself is in doubt "
-                     "(inconclusive). The ReLU LeNet of every other claim has a zero Hessian almost everywhere",
-              numbers={**{f"slope, {m}": float(v) for m, v in slopes.items()},
-                       **{f"median error at a=1, {m}": float(v) for m, v in at_size.items()},
+              reason=f"judged on the trained Softplus(3) LeNet's weights with its max-pools made smooth (T = "
+                     f"{', '.join(f'{t:g}' for t in TEMPERATURES)}): holds if on every copy the median relative error "
+                     f"falls at least linearly as a -> 0 (log-log slope >= {FIRST_ORDER:g} over the two smallest scales: "
+                     "the theorem's first-order statement); the same test on a tiny Softplus CNN must pass, or the check "
+                     "itself is in doubt (inconclusive)",
+              numbers={**{f"slope, {m}": float(slopes[m]) for m in (*SMOOTH.values(), TINY, TRAINED)},
+                       **{f"prediction agreement with the trained model, T = {t:g}": agreement[t] for t in TEMPERATURES}},
+              setting=theorem_setting,
+              caveats=["The trained model itself max-pools, which the theorem does not cover (its error grows as the "
+                       "decoys shrink: the ties); whether the Hessian term describes the maps DANCE computes on the "
+                       "book's networks is B3.12."])
+describes = at_size[TRAINED] <= DESCRIBES and relu_error <= DESCRIBES
+ledger.record("B3.12", paper=PAPER, verdict="holds" if describes else "does not hold",
+              claim="[claim 3, as an explanation of DANCE] The Hessian term of Theorem 1 describes the range DANCE "
+                    "computes on the networks it is run on, at the decoys' own size.",
+              measured="median relative error of max_k (H d_k) - min_k (H d_k) against the measured range at a = 1",
+              reason=f"holds if at most {DESCRIBES:g} on both the Softplus(3) LeNet as trained (max-pools) and the ReLU "
+                     "LeNet of every other claim (whose Hessian is zero almost everywhere: there the term predicts a "
+                     "zero range, a relative error of 1 against the range DANCE shows)",
+              numbers={f"median error at a=1, {TRAINED}": float(at_size[TRAINED]),
+                       "median error at a=1, ReLU LeNet": float(relu_error),
+                       "largest |H d_k|, ReLU LeNet": relu_hessian, "largest DANCE score, ReLU LeNet": relu_range,
                        "max-pool windows with an exact tie, Softplus(3) LeNet": tie_share,
-                       "largest |H d_k|, ReLU LeNet": relu_hessian, "largest DANCE score, ReLU LeNet": relu_range},
-              setting=f"{nt} images, float64, patch {patch}, stride {S.stride}, Hessian-vector products by double backward",
-              caveats=["On the ReLU LeNet, the model of every other claim, the Hessian term is zero almost everywhere; "
-                       "Theorem 1 does not explain its DANCE maps whatever this verdict says."])
-display(Markdown("  \n".join(ledger.line(i) for i in ("B3.7", "B3.8", "B3.9"))))
+                       **{f"median error at a=1, {SMOOTH[t]}": float(at_size[SMOOTH[t]]) for t in TEMPERATURES}},
+              setting=theorem_setting,
+              caveats=["Not a statistical test: the errors are medians over the few images of the table. The smooth "
+                       "copies' errors at a = 1 (in the numbers) show how the error at the decoys' own size changes as "
+                       "the pooling nears the trained model's max-pool (smaller T)."])
+display(Markdown("  \n".join(ledger.line(i) for i in ("B3.7", "B3.8", "B3.9", "B3.12"))))
 
 # %% [markdown]
 # ## Patch size, stride, layer and initial multiplier
@@ -1103,6 +1172,9 @@ ch.table(pd.DataFrame({"section": list(section_seconds), "seconds": list(section
 #   aimed at DANCE is not shown to be at full strength.
 # - The stride of the patch grid is this book's (the paper does not state it); B3.10 compares
 #   denser grids with it.
+# - Theorem 1 is judged as a theorem on networks it covers (B3.9: the trained Softplus LeNet's
+#   weights with smooth pools) and, apart, as an account of the maps DANCE computes on the book's
+#   max-pool and ReLU LeNets (B3.12); the first version judged the theorem on the max-pool model.
 
 # %%
 verdict_of = {c.id: c.verdict for c in ledger.claims}
@@ -1118,8 +1190,10 @@ ledger.bottom_line(
     "attacks aimed at DANCE itself with its decoys solved again along the way), the sensitivity claims read: "
     + ", ".join(f"{i} {v}" for i, v in sens.items()) + ". "
     f"On the saturation toy with a weak feature used non-linearly, DANCE's median relevant/weak ratio is "
-    f"{fair['DANCE(gradient)']:.3g} against the gradient's {fair['gradient']:.3g}; Theorem 1's Hessian term leaves a "
-    f"median error of {at_size[TRAINED]:.2f} on the trained Softplus LeNet and is zero on the ReLU LeNet. Reading (b) of "
+    f"{fair['DANCE(gradient)']:.3g} against the gradient's {fair['gradient']:.3g}. Theorem 1 as a first-order statement "
+    f"{ {'inconclusive': 'is inconclusive'}.get(verdict_of['B3.9'], verdict_of['B3.9'])} on smooth networks (B3.9); as an account of the maps DANCE computes (B3.12) its Hessian term "
+    f"leaves a median error of {at_size[TRAINED]:.2f} on the trained Softplus LeNet at the decoys' own size and is zero "
+    "on the ReLU LeNet. Reading (b) of "
     "the range " + ("beats the chapter's reading (a) in SF and SS for every base" if b_better else
                     "is not shown to beat the chapter's reading (a) on every base and measure") + " (B3.11).")
 ledger.save()
