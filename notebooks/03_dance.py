@@ -911,7 +911,7 @@ ch.table(theorem.set_index(["model", "scale a"]),
          f"Theorem 1 on {nt} images in float64: the relative error of the Hessian term against the measured range as "
          "the decoys shrink by a (median and largest over images). Log-log slope of the median between the two smallest "
          "scales: " + "; ".join(f"{m}: {slopes[m]:.2f}, error at a = 1: {at_size[m]:.2f}" for m in slopes) + ". The "
-         f"smooth copies agree with the trained model's prediction on " + ", ".join(
+         "smooth copies agree with the trained model's prediction on " + ", ".join(
              f"{agreement[t]:.0%} (T = {t:g})" for t in TEMPERATURES) + f" of the {N} main images.",
          formats={"relative error (median)": "{:.2e}", "relative error (max)": "{:.2e}"})
 display(Markdown(
