@@ -79,11 +79,10 @@ from reliable_saliency.arena.strength import PRIMARY, RULES, full_strength, guar
 from reliable_saliency.chapter import kit
 from reliable_saliency.core import workers
 from reliable_saliency.evaluation.attribution_robustness import alignment_diagnostics
-from reliable_saliency.arena.measures import pixel_map, randomised_copy
+from reliable_saliency.arena.measures import pixel_map, randomised_copy, sanity
 from reliable_saliency.arena.routes import scored_explainer
 from reliable_saliency.chapter.rerun import rerun_box
 from reliable_saliency.claims import bootstrap_mean
-from reliable_saliency.maps.similarity import spearman
 
 # The chapter's sizes are the arena's profiles (reliable_saliency.arena.settings.PROFILES): `book` is 200 images,
 # every cell filled, in 5.4 hours of the 2-core CPU as measured (the estimate below says 3.2); `smoke` two images
@@ -566,11 +565,10 @@ def draws_check(model_name: str) -> pd.DataFrame:
             xb, yb = x[index], y[index]
             mine, theirs = scored_explainer(name, settings, index), scored_explainer(name, other, index)
             clean = pixel_map(mine(model, xb, yb))
-            rows.append(pd.DataFrame({
+            rows.append(pd.DataFrame({  # the arena's own check (measures.sanity), with the draws and model varied
                 "explainer": name, "image": index,
-                "same": spearman(clean, pixel_map(mine(randomised, xb, yb))).double().cpu().numpy(),
-                "other": spearman(clean, pixel_map(theirs(randomised, xb, yb))).double().cpu().numpy(),
-                "itself": spearman(clean, pixel_map(theirs(model, xb, yb))).double().cpu().numpy()}))
+                **{col: sanity(explain, against, xb, yb, clean).double().cpu().numpy() for col, explain, against in (
+                    ("same", mine, randomised), ("other", theirs, randomised), ("itself", theirs, model))}}))
     return pd.concat(rows, ignore_index=True)
 
 
@@ -584,8 +582,9 @@ boot = {(e, col): bootstrap_mean(draws.loc[draws.explainer == e, col].to_numpy()
         for e in DRAWN for col in ("same", "other", "itself")}
 COLUMNS = {"same": "same draws (the table above)", "other": "other draws for the randomised model",
            "itself": "the trained model under the two draws"}
-ch.table(pd.DataFrame({COLUMNS[col]: {NAMES[e]: f"{boot[e, col].mean:.2f} ({boot[e, col].low:.2f} to "
-                                                f"{boot[e, col].high:.2f})" for e in DRAWN} for col in COLUMNS}).rename_axis("explainer"),
+draws_table = pd.DataFrame({COLUMNS[col]: {NAMES[e]: f"{boot[e, col].mean:.2f} ({boot[e, col].low:.2f} to "
+                                                     f"{boot[e, col].high:.2f})" for e in DRAWN} for col in COLUMNS})
+ch.table(draws_table.rename_axis("explainer"),
          f"The sanity check's Spearman on the {NAMES[MODELS[0]]} model for the methods that draw random numbers: "
          f"with the draws shared by both models, with other draws for the randomised model, and the trained model's "
          f"maps under the two draws; mean and 95% bootstrap interval over the {draws.image.nunique()} "
