@@ -62,6 +62,7 @@ train_models: bool = False  # train a model missing from the cache (the paper pr
 rank_rounds: int = 1000  # [10, ...] bootstrap rounds of the rank intervals
 
 # %%
+import json
 import time
 
 import matplotlib.pyplot as plt
@@ -72,17 +73,18 @@ from IPython.display import Markdown, display
 from reliable_saliency.arena import (ATTACKS, CONTROL_NAMES, EXPLAINERS, PROFILES, arena_settings,
                                      controls_at_or_above, estimate, estimate_text, rank_table, run_arena)
 from reliable_saliency.arena.harness import cifar_images, load_models
+from reliable_saliency.arena.measures import pixel_map, randomised_copy, sanity
 from reliable_saliency.arena.readout import (FLOORS, NAMES, by_construction, control_sentences, floor_caveat, fooled,
                                              leaders, oriented, pooled, rank_cells, retrieval_rows, sigma_scores)
+from reliable_saliency.arena.routes import scored_explainer
 from reliable_saliency.arena.storekey import store_key
 from reliable_saliency.arena.strength import PRIMARY, RULES, full_strength, guard, strength_table, weak_sentences
 from reliable_saliency.chapter import kit
+from reliable_saliency.chapter.rerun import rerun_box
+from reliable_saliency.chapter.shipped_results import SHIPPED_RESULTS
+from reliable_saliency.claims import bootstrap_mean
 from reliable_saliency.core import workers
 from reliable_saliency.evaluation.attribution_robustness import alignment_diagnostics
-from reliable_saliency.arena.measures import pixel_map, randomised_copy, sanity
-from reliable_saliency.arena.routes import scored_explainer
-from reliable_saliency.chapter.rerun import rerun_box
-from reliable_saliency.claims import bootstrap_mean
 
 # The chapter's sizes are the arena's profiles (reliable_saliency.arena.settings.PROFILES): `book` is 200 images,
 # every cell filled, in 5.4 hours of the 2-core CPU as measured (the estimate below says 3.2); `smoke` two images
@@ -231,6 +233,8 @@ def shard_count() -> int:
     return sum(1 for _ in arena_store.rglob("shard-*.pt")) if arena_store.is_dir() else 0
 
 
+shipped = SHIPPED_RESULTS / "07_arena" / f"{store_key()}.json"
+shipped_note = json.loads(shipped.read_text()).get("note", "") if shipped.exists() else ""
 shards_before, started = shard_count(), time.perf_counter()
 arena = run_arena(settings, root=ch.store.folder.parent, key=store_key(), device=str(run_device),
                   train_models=train_models)
@@ -244,8 +248,9 @@ display(Markdown(
     f"shapes images for localisation. This execution spent {arena_minutes:.1f} minutes on it and computed "
     f"{computed:,} shards of images with {workers.world_size()} worker{'s' * (workers.world_size() > 1)}; any other "
     "shard was read back from the store, where an earlier execution had left it or the book's shipped results "
-    "(`book/results`) had put it (the estimate above is what a whole run costs; the README gives the time measured "
-    "at `book`)."))
+    "(`book/results`) had put it (the estimate above is what a whole run would cost at the measured cost of a pass)."
+    + (f" How the shipped shards of this key were computed, from their sidecar: {shipped_note}." if shipped_note else
+       "")))
 
 # %% [markdown]
 # ## How strong were the attacks?
